@@ -1,0 +1,47 @@
+//! One module per subcommand; each is a thin adapter over `ferry_client` or
+//! `ferry_server`. Helpers shared by the client commands live here.
+
+use std::future::Future;
+
+use anyhow::{Context, bail};
+use ferry_client::{Client, ClientOptions};
+
+use crate::cli::ClientArgs;
+use crate::exit::Interrupted;
+
+pub mod get;
+pub mod ls;
+pub mod put;
+pub mod rm;
+pub mod serve;
+pub mod stat;
+
+/// Connects to the server named by `--server` / `FERRY_SERVER`.
+pub async fn connect(args: &ClientArgs, chunk_size: usize) -> anyhow::Result<Client> {
+    let options = ClientOptions { chunk_size, ..ClientOptions::default() };
+    Ok(Client::connect_with(&args.server, options).await?)
+}
+
+/// Runs a transfer until it ends or the user presses Ctrl-C. On Ctrl-C the
+/// transfer's future is dropped: the call is cancelled (the server discards
+/// the upload) and a partial local file is removed.
+pub async fn interruptible<T>(transfer: impl Future<Output = Result<T, ferry_client::Error>>) -> anyhow::Result<T> {
+    tokio::select! {
+        result = transfer => Ok(result?),
+        _ = tokio::signal::ctrl_c() => Err(Interrupted.into()),
+    }
+}
+
+/// The last segment of a remote path.
+pub fn remote_file_name(remote: &str) -> anyhow::Result<&str> {
+    match remote.rsplit('/').next() {
+        Some(name) if !name.is_empty() => Ok(name),
+        _ => bail!("{remote:?} does not name a file"),
+    }
+}
+
+/// The file name of a local path, as a remote path segment.
+pub fn local_file_name(local: &std::path::Path) -> anyhow::Result<String> {
+    let name = local.file_name().with_context(|| format!("{} does not name a file", local.display()))?;
+    name.to_str().map(str::to_owned).with_context(|| format!("{} is not valid UTF-8", local.display()))
+}

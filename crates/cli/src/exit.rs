@@ -1,0 +1,59 @@
+//! Exit codes (listed in `--help` and the README) and how errors map to them.
+
+use std::process::ExitCode;
+
+use ferry_client::{Code, Error as ClientError};
+
+pub const OTHER: u8 = 1;
+pub const NOT_FOUND: u8 = 3;
+pub const ALREADY_EXISTS: u8 = 4;
+pub const PERMISSION: u8 = 5;
+pub const UNAVAILABLE: u8 = 6;
+pub const INTEGRITY: u8 = 7;
+pub const INTERRUPTED: u8 = 130;
+
+/// The exit code for an error from a command.
+pub fn code_for(error: &anyhow::Error) -> ExitCode {
+    if error.chain().any(is_broken_pipe) {
+        // `ferry get x - | head` is a success.
+        return ExitCode::SUCCESS;
+    }
+    if error.downcast_ref::<Interrupted>().is_some() {
+        return ExitCode::from(INTERRUPTED);
+    }
+    let code = match error.downcast_ref::<ClientError>() {
+        Some(ClientError::Connect { .. }) => UNAVAILABLE,
+        Some(ClientError::LocalExists(_)) => ALREADY_EXISTS,
+        Some(ClientError::DigestMismatch { .. }) => INTEGRITY,
+        Some(ClientError::Status(status)) => match status.code() {
+            Code::NotFound => NOT_FOUND,
+            Code::AlreadyExists => ALREADY_EXISTS,
+            Code::PermissionDenied | Code::Unauthenticated => PERMISSION,
+            Code::Unavailable => UNAVAILABLE,
+            Code::DataLoss => INTEGRITY,
+            _ => OTHER,
+        },
+        _ => OTHER,
+    };
+    ExitCode::from(code)
+}
+
+fn is_broken_pipe(cause: &(dyn std::error::Error + 'static)) -> bool {
+    let io = match cause.downcast_ref::<ClientError>() {
+        Some(ClientError::Io { source, .. }) => Some(source),
+        _ => cause.downcast_ref::<std::io::Error>(),
+    };
+    io.is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// The user pressed Ctrl-C.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}

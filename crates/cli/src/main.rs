@@ -1,0 +1,46 @@
+//! The `ferry` binary: parse → run → exit code. All the work is in the
+//! `commands` modules, which are thin layers over `ferry_client` and
+//! `ferry_server`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+mod commands;
+mod exit;
+mod output;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // exits 2 with a usage message on bad arguments
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ferry: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::OTHER);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let code = exit::code_for(&error);
+            if code != ExitCode::SUCCESS {
+                eprintln!("ferry: {error:#}");
+            }
+            code
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => commands::serve::run(args).await,
+        Command::Put(args) => commands::put::run(args).await,
+        Command::Get(args) => commands::get::run(args).await,
+        Command::Ls(args) => commands::ls::run(args).await,
+        Command::Stat(args) => commands::stat::run(args).await,
+        Command::Rm(args) => commands::rm::run(args).await,
+    }
+}

@@ -1,0 +1,78 @@
+//! The client's error type.
+
+use std::path::PathBuf;
+
+/// Anything a client call can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("invalid server URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("cannot connect to {url}: {source}")]
+    Connect { url: String, source: tonic::transport::Error },
+    /// The server (or the transport) answered with an error status.
+    #[error("{}", describe_status(.0))]
+    Status(tonic::Status),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("{0} already exists (use --force to replace it)")]
+    LocalExists(PathBuf),
+    /// The bytes received do not hash to the digest the server declared.
+    #[error("integrity check failed for {path}: expected sha256 {expected}, got {actual}")]
+    DigestMismatch { path: String, expected: String, actual: String },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+// Not `#[from]`: that would also make the status the error's `source()`, and
+// the CLI would print its message twice.
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        Self::Status(status)
+    }
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io { context: context.into(), source }
+    }
+
+    /// The gRPC code, when the error is a status from the server.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Error::Status(status) => Some(status.code()),
+            _ => None,
+        }
+    }
+}
+
+fn describe_status(status: &tonic::Status) -> String {
+    let message = status.message();
+    match status.code() {
+        tonic::Code::Unavailable => format!("server unavailable: {message}"),
+        code => format!("{message} ({})", code_name(code)),
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}

@@ -1,0 +1,23 @@
+//! Compiles `proto/ferry/v1/*.proto` with the pure-Rust `protox` compiler, so
+//! building ferry never needs a system `protoc`.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [proto_root.join("ferry/v1/ferry.proto")];
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    let fds = protox::compile(&files, [&proto_root])?;
+
+    // Keep the descriptor set: it lets the server offer reflection later.
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out_dir.join("ferry_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+
+    tonic_prost_build::configure()
+        // Chunk payloads become `bytes::Bytes`: zero-copy from the socket buffer.
+        .bytes(".ferry.v1.Chunk.data")
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! ferry's wire protocol: the generated `ferry.v1` messages and service stubs,
+//! and the message-size limits both sides must agree on.
+
+/// The `ferry.v1` package, generated from `proto/ferry/v1/ferry.proto`.
+pub mod v1 {
+    #![allow(missing_docs, clippy::all, missing_debug_implementations)]
+    tonic::include_proto!("ferry.v1");
+}
+
+/// The encoded `FileDescriptorSet` of every ferry proto (for reflection).
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ferry_descriptor.bin"));
+
+/// Default payload bytes per `Chunk` message.
+///
+/// Chosen by benchmark (README, "Performance"): 1 MiB chunks with 1 MiB HTTP/2
+/// frames beat 64 KiB..4 MiB on this class of machine; smaller chunks cost CPU
+/// per byte, larger ones cost memory without gaining speed.
+pub const DEFAULT_CHUNK_SIZE: usize = 1024 * 1024;
+
+/// Largest `Chunk` payload a peer may send (a client may pick any chunk size
+/// up to this; a larger one is rejected by the message-size limit).
+pub const MAX_CHUNK_SIZE: usize = 4 * 1024 * 1024;
+
+/// The gRPC message-size limit, set identically for encoding and decoding on
+/// both server and client: one maximal chunk plus room for the envelope.
+pub const MAX_MESSAGE_SIZE: usize = MAX_CHUNK_SIZE + 64 * 1024;
+
+/// HTTP/2 max frame size advertised by both sides. The default 16 KiB splits
+/// each 1 MiB chunk into 64 frames; 1 MiB frames were the biggest single
+/// throughput lever measured on loopback (README, "Performance").
+pub const HTTP2_MAX_FRAME_SIZE: u32 = 1024 * 1024;
+
+/// HTTP/2 initial stream flow-control window, both sides (bytes a peer may
+/// send on one stream before the receiver's acknowledgement).
+pub const HTTP2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// HTTP/2 initial connection flow-control window, both sides.
+pub const HTTP2_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;

@@ -1,0 +1,120 @@
+//! The one place where errors become gRPC statuses.
+//!
+//! Clients get a stable code and a message built only from what they sent;
+//! OS errors and server paths go to the log, tagged with the request id that
+//! the client's message also carries.
+
+use ferry_store::Error as StoreError;
+use tonic::{Code, Status};
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The client broke the protocol (message order, malformed fields).
+    #[error("{0}")]
+    Protocol(String),
+    /// The incoming stream failed (the client cancelled or the connection
+    /// dropped); its status is passed on unchanged.
+    #[error("stream error: {0}")]
+    Stream(#[from] Status),
+}
+
+impl ServiceError {
+    pub(crate) fn protocol(message: impl Into<String>) -> Self {
+        Self::Protocol(message.into())
+    }
+
+    /// The status code for this error (the table in the README).
+    pub fn code(&self) -> Code {
+        match self {
+            ServiceError::Store(e) => store_code(e),
+            ServiceError::Protocol(_) => Code::InvalidArgument,
+            ServiceError::Stream(status) => status.code(),
+        }
+    }
+
+    /// Converts to the status sent to the client, logging what it leaves out.
+    pub fn into_status(self, request_id: u64) -> Status {
+        let code = self.code();
+        match self {
+            ServiceError::Stream(status) => {
+                tracing::debug!(request_id, %status, "request stream ended with an error");
+                status
+            }
+            ServiceError::Store(StoreError::Io { op, source }) => {
+                tracing::error!(request_id, op, error = %source, "storage failure");
+                Status::new(code, format!("internal storage error (request id {request_id})"))
+            }
+            other => {
+                tracing::debug!(request_id, ?code, error = %other, "request refused");
+                Status::new(code, other.to_string())
+            }
+        }
+    }
+}
+
+fn store_code(error: &StoreError) -> Code {
+    match error {
+        StoreError::InvalidPath(_) | StoreError::SizeMismatch { .. } | StoreError::DigestMismatch { .. } => {
+            Code::InvalidArgument
+        }
+        StoreError::NotFound { .. } => Code::NotFound,
+        StoreError::AlreadyExists { .. } => Code::AlreadyExists,
+        StoreError::IsDirectory { .. }
+        | StoreError::ParentNotDirectory { .. }
+        | StoreError::NotAFile { .. }
+        | StoreError::DirectoryNotEmpty { .. } => Code::FailedPrecondition,
+        StoreError::Symlink { .. } => Code::PermissionDenied,
+        StoreError::RangeStartsPastEnd { .. } | StoreError::RangeOverflow { .. } => Code::OutOfRange,
+        StoreError::StorageFull => Code::ResourceExhausted,
+        _ => Code::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_store::{PathError, Sha256};
+
+    use super::*;
+
+    /// The README's error-code table, pinned: changing a code must change this test.
+    #[test]
+    fn error_code_table() {
+        let p = || "a/b".to_owned();
+        let table: Vec<(ServiceError, Code)> = vec![
+            (StoreError::InvalidPath(PathError::DotSegment).into(), Code::InvalidArgument),
+            (ServiceError::protocol("chunk before header"), Code::InvalidArgument),
+            (StoreError::SizeMismatch { declared: 1, received: 2 }.into(), Code::InvalidArgument),
+            (
+                StoreError::DigestMismatch { expected: Sha256::of(b"a"), actual: Sha256::of(b"b") }.into(),
+                Code::InvalidArgument,
+            ),
+            (StoreError::NotFound { path: p() }.into(), Code::NotFound),
+            (StoreError::AlreadyExists { path: p() }.into(), Code::AlreadyExists),
+            (StoreError::IsDirectory { path: p() }.into(), Code::FailedPrecondition),
+            (StoreError::ParentNotDirectory { path: p() }.into(), Code::FailedPrecondition),
+            (StoreError::NotAFile { path: p() }.into(), Code::FailedPrecondition),
+            (StoreError::DirectoryNotEmpty { path: p() }.into(), Code::FailedPrecondition),
+            (StoreError::Symlink { path: p() }.into(), Code::PermissionDenied),
+            (StoreError::RangeStartsPastEnd { offset: 2, size: 1 }.into(), Code::OutOfRange),
+            (StoreError::RangeOverflow { offset: 2, length: u64::MAX }.into(), Code::OutOfRange),
+            (StoreError::StorageFull.into(), Code::ResourceExhausted),
+            (StoreError::io("writing", std::io::Error::other("EIO /srv/secret")).into(), Code::Internal),
+            (Status::cancelled("gone").into(), Code::Cancelled),
+        ];
+        for (error, want) in table {
+            let shown = format!("{error:?}");
+            assert_eq!(error.into_status(7).code(), want, "{shown}");
+        }
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_os_detail() {
+        let status = ServiceError::from(StoreError::io("writing", std::io::Error::other("disk /srv/ferry/x failed")))
+            .into_status(42);
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "internal storage error (request id 42)");
+    }
+}

@@ -1,0 +1,61 @@
+//! The storage layer's error: a small semantic enum that the server maps to
+//! gRPC status codes in exactly one place. Variants carry only what the client
+//! sent (its path, its numbers); OS detail stays inside [`Error::Io`], which
+//! the server logs and never forwards.
+
+use std::io;
+
+use crate::{PathError, Sha256};
+
+/// Result alias for storage operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("invalid path: {0}")]
+    InvalidPath(#[from] PathError),
+    #[error("{path}: not found")]
+    NotFound { path: String },
+    #[error("{path}: already exists")]
+    AlreadyExists { path: String },
+    #[error("{path}: is a directory")]
+    IsDirectory { path: String },
+    #[error("{path}: a parent of this path is a file")]
+    ParentNotDirectory { path: String },
+    #[error("{path}: not a regular file")]
+    NotAFile { path: String },
+    #[error("{path}: directory not empty")]
+    DirectoryNotEmpty { path: String },
+    #[error("{path}: passes through a symbolic link, which ferry never follows")]
+    Symlink { path: String },
+    #[error("range starts at byte {offset}, past the end of the file ({size} bytes)")]
+    RangeStartsPastEnd { offset: u64, size: u64 },
+    #[error("range offset {offset} + length {length} overflows")]
+    RangeOverflow { offset: u64, length: u64 },
+    #[error("declared size is {declared} bytes but {received} bytes were received")]
+    SizeMismatch { declared: u64, received: u64 },
+    #[error("sha256 mismatch: expected {expected}, received data hashes to {actual}")]
+    DigestMismatch { expected: Sha256, actual: Sha256 },
+    #[error("storage is full")]
+    StorageFull,
+    /// Anything unexpected. `op` says what was being done; the source holds the
+    /// OS error. Never sent to clients.
+    #[error("storage I/O error while {op}: {source}")]
+    Io { op: &'static str, source: io::Error },
+}
+
+impl Error {
+    /// Wraps an unexpected I/O error, turning "no space" into [`Error::StorageFull`].
+    pub fn io(op: &'static str, source: io::Error) -> Self {
+        match source.raw_os_error() {
+            Some(code)
+                if code == rustix::io::Errno::NOSPC.raw_os_error()
+                    || code == rustix::io::Errno::DQUOT.raw_os_error() =>
+            {
+                Error::StorageFull
+            }
+            _ => Error::Io { op, source },
+        }
+    }
+}

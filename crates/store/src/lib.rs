@@ -1,0 +1,192 @@
+//! ferry's storage layer. It knows nothing of gRPC: the server turns client
+//! input into a [`StorePath`], calls a [`Store`], and maps [`Error`] to a
+//! status code in one place.
+//!
+//! | concept | file |
+//! |---|---|
+//! | validated paths (traversal impossible by construction) | `path.rs` |
+//! | the semantic error enum | `error.rs` |
+//! | SHA-256 digests | `digest.rs` |
+//! | the `Store` / `Upload` traits and their types | `lib.rs` (here) |
+//! | the local-directory backend | `local/` |
+
+use std::fmt::Debug;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_core::Stream;
+
+mod digest;
+mod error;
+pub mod local;
+mod path;
+
+pub use digest::{DigestParseError, Sha256};
+pub use error::{Error, Result};
+pub use local::LocalStore;
+pub use path::{MAX_PATH_LEN, MAX_SEGMENT_LEN, PathError, RESERVED_NAME, StorePath};
+
+/// A boxed, sendable stream, as the trait's methods return them.
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send + 'static>>;
+
+/// What a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Directory,
+}
+
+/// What the store knows about a file or directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    pub path: StorePath,
+    pub kind: EntryKind,
+    /// Bytes; 0 for directories.
+    pub size: u64,
+    pub mtime: SystemTime,
+    /// Permission bits (mode & 0o777).
+    pub permissions: u32,
+    /// The file's SHA-256 when known without reading the file.
+    pub sha256: Option<Sha256>,
+}
+
+/// A byte range of a file: `length` bytes from `offset`, or to the end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ByteRange {
+    pub offset: u64,
+    pub length: Option<u64>,
+}
+
+impl ByteRange {
+    /// The whole file.
+    pub const ALL: ByteRange = ByteRange { offset: 0, length: None };
+
+    /// Clamps the range to a file of `size` bytes: `(offset, length)`.
+    ///
+    /// `offset == size` is a valid empty range; `offset > size` and an
+    /// `offset + length` that overflows are errors; a length past the end is
+    /// cut at the end (as HTTP ranges are).
+    pub fn resolve(self, size: u64) -> Result<(u64, u64)> {
+        if let Some(length) = self.length
+            && self.offset.checked_add(length).is_none()
+        {
+            return Err(Error::RangeOverflow { offset: self.offset, length });
+        }
+        if self.offset > size {
+            return Err(Error::RangeStartsPastEnd { offset: self.offset, size });
+        }
+        let available = size - self.offset;
+        Ok((self.offset, self.length.map_or(available, |l| l.min(available))))
+    }
+}
+
+/// Whether an upload may replace an existing file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Replace atomically; of concurrent uploads, the last to commit wins.
+    #[default]
+    Overwrite,
+    /// Fail with [`Error::AlreadyExists`] if the path exists: checked when the
+    /// upload starts and again, atomically, at commit.
+    CreateOnly,
+}
+
+/// Everything an upload declares up front.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    pub mode: WriteMode,
+    /// Exact size, if known: more or fewer bytes fail the upload.
+    pub size: Option<u64>,
+    /// Expected digest, if known: a mismatch fails the upload before commit.
+    pub sha256: Option<Sha256>,
+    /// Modification time for the stored file (now, if unset).
+    pub mtime: Option<SystemTime>,
+    /// Permission bits (0o644 if unset).
+    pub permissions: Option<u32>,
+}
+
+/// A download: the whole file's metadata and a stream of the range's bytes.
+pub struct Download {
+    /// Metadata of the version being streamed, `sha256` always set.
+    pub meta: Metadata,
+    /// The resolved range: first byte and byte count.
+    pub offset: u64,
+    pub length: u64,
+    /// The bytes, in order, in chunks of at most the store's chunk size.
+    pub body: BoxStream<Result<Bytes>>,
+}
+
+impl Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Download")
+            .field("meta", &self.meta)
+            .field("offset", &self.offset)
+            .field("length", &self.length)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A storage backend. Dyn-safe: the server holds an `Arc<dyn Store>`.
+///
+/// Every backend upholds the same rules:
+/// - **Atomic publish.** Nothing is visible at a path until [`Upload::commit`]
+///   returns; a dropped, failed or mismatching upload leaves nothing visible
+///   and nothing behind.
+/// - **Snapshot reads.** A [`Download`] streams the version it opened, even if
+///   the file is replaced or deleted meanwhile.
+/// - **No escape.** Paths resolve beneath the root only; symbolic links are
+///   never followed ([`Error::Symlink`]).
+#[async_trait::async_trait]
+pub trait Store: Debug + Send + Sync + 'static {
+    /// Metadata of a file or directory.
+    async fn stat(&self, path: &StorePath) -> Result<Metadata>;
+
+    /// Opens a file for reading a range of it.
+    async fn read(&self, path: &StorePath, range: ByteRange) -> Result<Download>;
+
+    /// Starts an upload to `path`. Conflicts that can be seen now (the path is a
+    /// directory, a parent is a file, create-only and the file exists) fail
+    /// here, before any data is sent.
+    async fn create_upload(&self, path: &StorePath, options: WriteOptions) -> Result<Box<dyn Upload>>;
+
+    /// The entries under `dir` (the root when `None`), in batches: one level,
+    /// or the whole subtree depth-first when `recursive`. Each directory's
+    /// entries come sorted by name. A `dir` naming a file yields just that file.
+    async fn list(&self, dir: Option<&StorePath>, recursive: bool) -> Result<BoxStream<Result<Vec<Metadata>>>>;
+
+    /// Deletes a file or an empty directory.
+    async fn delete(&self, path: &StorePath) -> Result<()>;
+}
+
+/// An upload in progress. Dropping it without [`Upload::commit`] discards it.
+#[async_trait::async_trait]
+pub trait Upload: Debug + Send {
+    /// Appends `data`. Waits while the backend is busy (backpressure).
+    async fn write(&mut self, data: Bytes) -> Result<()>;
+
+    /// Bytes accepted so far.
+    fn received(&self) -> u64;
+
+    /// Verifies the declared size and digests (those from [`WriteOptions`] and
+    /// `final_sha256`, which a client may learn only after sending), makes the
+    /// data durable and publishes it atomically at the upload's path.
+    async fn commit(self: Box<Self>, final_sha256: Option<Sha256>) -> Result<Metadata>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_resolution() {
+        let r = |offset, length| ByteRange { offset, length };
+        assert_eq!(ByteRange::ALL.resolve(10).ok(), Some((0, 10)));
+        assert_eq!(r(9, None).resolve(10).ok(), Some((9, 1)));
+        assert_eq!(r(10, None).resolve(10).ok(), Some((10, 0)));
+        assert_eq!(r(2, Some(3)).resolve(10).ok(), Some((2, 3)));
+        assert_eq!(r(8, Some(30)).resolve(10).ok(), Some((8, 2)));
+        assert!(matches!(r(11, None).resolve(10), Err(Error::RangeStartsPastEnd { offset: 11, size: 10 })));
+        assert!(matches!(r(1, Some(u64::MAX)).resolve(10), Err(Error::RangeOverflow { .. })));
+    }
+}

@@ -1,0 +1,178 @@
+//! [`LocalStore`]: a directory on a local filesystem as a [`Store`].
+//!
+//! Layout under the root: the files themselves, at their paths, plus the
+//! reserved `.ferry/` directory (never served) holding `staging/` (uploads in
+//! progress, on the same filesystem so commit is a rename) and `lock` (one
+//! server per root).
+//!
+//! Blocking filesystem calls run on tokio's blocking pool, one chunk at a
+//! time, so no thread is parked while a slow peer applies backpressure.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::{self, AtFlags, FlockOperation, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::{
+    BoxStream, ByteRange, Download, EntryKind, Error, Metadata, Result, Store, StorePath, Upload, WriteOptions,
+};
+
+mod digest_cache;
+mod list;
+mod read;
+mod resolve;
+mod upload;
+
+use resolve::Purpose;
+
+/// Bytes per chunk read for downloads (the server's send chunk size).
+pub const DEFAULT_READ_CHUNK: usize = 1024 * 1024;
+
+/// Tuning for a [`LocalStore`].
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Bytes per chunk of a download stream.
+    pub read_chunk: usize,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        Self { read_chunk: DEFAULT_READ_CHUNK }
+    }
+}
+
+/// A store rooted at a local directory.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: OwnedFd,
+    staging_dir: PathBuf,
+    read_chunk: usize,
+    /// Held for the store's lifetime: an exclusive `flock` on `.ferry/lock`.
+    _lock: OwnedFd,
+}
+
+impl LocalStore {
+    /// Opens (creating if missing) the store rooted at `root`.
+    ///
+    /// Fails if another process holds the root (one server per root: staging
+    /// clean-up would otherwise remove a live upload). Leftovers of uploads
+    /// cut short by a crash are removed here.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(root, LocalOptions::default())
+    }
+
+    /// [`LocalStore::open`] with options.
+    pub fn open_with(root: impl AsRef<Path>, options: LocalOptions) -> Result<Self> {
+        let root = root.as_ref();
+        std::fs::create_dir_all(root).map_err(|e| Error::io("creating the root directory", e))?;
+        let root_fd = fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| Error::io("opening the root directory", e.into()))?;
+        let state_dir = root.join(crate::RESERVED_NAME);
+        let staging_dir = state_dir.join("staging");
+        std::fs::create_dir_all(&staging_dir).map_err(|e| Error::io("creating the staging directory", e))?;
+
+        let lock = fs::open(
+            state_dir.join("lock"),
+            OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| Error::io("opening the lock file", e.into()))?;
+        match fs::flock(&lock, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(Errno::WOULDBLOCK) => {
+                return Err(Error::io(
+                    "locking the root",
+                    std::io::Error::other("another ferry server is using this root"),
+                ));
+            }
+            Err(e) => return Err(Error::io("locking the root", e.into())),
+        }
+
+        let removed = remove_leftovers(&staging_dir)?;
+        if removed > 0 {
+            tracing::info!(removed, "removed staged data of uploads interrupted by a previous stop");
+        }
+        Ok(Self {
+            inner: Arc::new(Inner { root: root_fd, staging_dir, read_chunk: options.read_chunk.max(1), _lock: lock }),
+        })
+    }
+}
+
+fn remove_leftovers(staging_dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    let entries = std::fs::read_dir(staging_dir).map_err(|e| Error::io("cleaning the staging directory", e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("cleaning the staging directory", e))?;
+        std::fs::remove_file(entry.path()).map_err(|e| Error::io("cleaning the staging directory", e))?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// Runs blocking filesystem work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::io("running a filesystem task", std::io::Error::other(e)))?
+}
+
+#[async_trait::async_trait]
+impl Store for LocalStore {
+    async fn stat(&self, path: &StorePath) -> Result<Metadata> {
+        let inner = self.inner.clone();
+        let path = path.clone();
+        blocking(move || {
+            let (parents, name) = path.split_last();
+            let parent = resolve::open_dir(inner.root.as_fd(), &parents, &path, Purpose::Read)?;
+            let st = resolve::stat_entry(parent.as_fd(), name, &path)?;
+            let kind = resolve::entry_kind(&st, &path)?;
+            let sha256 = match kind {
+                EntryKind::File => read::open_file(parent.as_fd(), name, &path)
+                    .ok()
+                    .and_then(|(file, st)| digest_cache::load(&file, &st)),
+                EntryKind::Directory => None,
+            };
+            Ok(resolve::metadata(path, kind, &st, sha256))
+        })
+        .await
+    }
+
+    async fn read(&self, path: &StorePath, range: ByteRange) -> Result<Download> {
+        read::read(self.inner.clone(), path.clone(), range).await
+    }
+
+    async fn create_upload(&self, path: &StorePath, options: WriteOptions) -> Result<Box<dyn Upload>> {
+        Ok(Box::new(upload::LocalUpload::start(self.inner.clone(), path.clone(), options).await?))
+    }
+
+    async fn list(&self, dir: Option<&StorePath>, recursive: bool) -> Result<BoxStream<Result<Vec<Metadata>>>> {
+        list::list(self.inner.clone(), dir.cloned(), recursive).await
+    }
+
+    async fn delete(&self, path: &StorePath) -> Result<()> {
+        let inner = self.inner.clone();
+        let path = path.clone();
+        blocking(move || {
+            let (parents, name) = path.split_last();
+            let parent = resolve::open_dir(inner.root.as_fd(), &parents, &path, Purpose::Read)?;
+            let st = resolve::stat_entry(parent.as_fd(), name, &path)?;
+            let flags = match resolve::entry_kind(&st, &path)? {
+                EntryKind::File => AtFlags::empty(),
+                EntryKind::Directory => AtFlags::REMOVEDIR,
+            };
+            fs::unlinkat(&parent, name, flags).map_err(|errno| match errno {
+                Errno::NOTEMPTY | Errno::EXIST => Error::DirectoryNotEmpty { path: path.as_str().to_owned() },
+                other => resolve::classify(parent.as_fd(), name, other, &path, Purpose::Read, "deleting"),
+            })?;
+            fs::fsync(&parent).map_err(|e| Error::io("syncing a directory after delete", e.into()))
+        })
+        .await
+    }
+}

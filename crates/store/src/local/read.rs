@@ -1,0 +1,101 @@
+//! Downloads from a [`LocalStore`](super::LocalStore).
+//!
+//! The file is opened once, before the first byte is sent; every later read
+//! goes through that descriptor. A rename or delete of the path meanwhile does
+//! not touch the open inode, so a download always streams one whole version.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rustix::fs::{self, Mode, OFlags, Stat};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::resolve::{self, Purpose};
+use super::{Inner, blocking, digest_cache};
+use crate::{ByteRange, Download, EntryKind, Error, Result, StorePath};
+
+/// Chunks read ahead of the network.
+const READ_AHEAD: usize = 4;
+
+/// Opens `dir/name` for reading if, and only if, it is a regular file.
+pub(super) fn open_file(dir: BorrowedFd<'_>, name: &str, path: &StorePath) -> Result<(File, Stat)> {
+    // Check the type first: opening a device or FIFO could block or have side effects.
+    let st = resolve::stat_entry(dir, name, path)?;
+    match resolve::entry_kind(&st, path)? {
+        EntryKind::Directory => return Err(Error::IsDirectory { path: path.as_str().to_owned() }),
+        EntryKind::File => {}
+    }
+    let fd =
+        fs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|errno| resolve::classify(dir, name, errno, path, Purpose::Read, "opening a file"))?;
+    // The entry may have been swapped between the two calls: trust only the descriptor.
+    let st = fs::fstat(&fd).map_err(|e| Error::io("reading metadata", e.into()))?;
+    if resolve::entry_kind(&st, path)? != EntryKind::File {
+        return Err(Error::NotAFile { path: path.as_str().to_owned() });
+    }
+    Ok((File::from(fd), st))
+}
+
+pub(super) async fn read(inner: Arc<Inner>, path: StorePath, range: ByteRange) -> Result<Download> {
+    let chunk = inner.read_chunk;
+    let (file, meta, offset, length) = blocking(move || {
+        let (parents, name) = path.split_last();
+        let parent = resolve::open_dir(inner.root.as_fd(), &parents, &path, Purpose::Read)?;
+        let (mut file, st) = open_file(parent.as_fd(), name, &path)?;
+        let (offset, length) = range.resolve(st.st_size.max(0) as u64)?;
+        let sha256 = match digest_cache::load(&file, &st) {
+            Some(sha256) => sha256,
+            None => {
+                let sha256 = digest_cache::compute(&file)?;
+                digest_cache::store(&file, &st, &sha256);
+                sha256
+            }
+        };
+        file.seek(SeekFrom::Start(offset)).map_err(|e| Error::io("seeking", e))?;
+        Ok((file, resolve::metadata(path, EntryKind::File, &st, Some(sha256)), offset, length))
+    })
+    .await?;
+
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    tokio::spawn(send_chunks(file, length, chunk, tx));
+    Ok(Download { meta, offset, length, body: Box::pin(ReceiverStream::new(rx)) })
+}
+
+/// Reads `length` bytes from the file's current position into the channel,
+/// stopping early if the receiver goes away (the client cancelled).
+async fn send_chunks(file: File, length: u64, chunk: usize, tx: mpsc::Sender<Result<Bytes>>) {
+    let mut file = Some(file);
+    let mut remaining = length;
+    while remaining > 0 {
+        let Some(owned) = file.take() else { return };
+        let want = remaining.min(chunk as u64);
+        let read = blocking(move || {
+            let mut buf = Vec::with_capacity(want as usize);
+            (&owned).take(want).read_to_end(&mut buf).map_err(|e| Error::io("reading a file", e))?;
+            if (buf.len() as u64) < want {
+                // Only something outside ferry truncates files in place.
+                return Err(Error::io("reading a file", std::io::Error::other("file shrank while being read")));
+            }
+            Ok((owned, buf))
+        })
+        .await;
+        let data = match read {
+            Ok((owned, buf)) => {
+                file = Some(owned);
+                Bytes::from(buf)
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        remaining -= data.len() as u64;
+        if tx.send(Ok(data)).await.is_err() {
+            return;
+        }
+    }
+}
