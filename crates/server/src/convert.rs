@@ -37,9 +37,18 @@ pub(crate) fn write_mode(raw: i32) -> Result<WriteMode, ServiceError> {
     }
 }
 
+/// Seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the range the
+/// protobuf Timestamp spec allows.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
 pub(crate) fn mtime(raw: Option<prost_types::Timestamp>) -> Result<Option<SystemTime>, ServiceError> {
-    raw.map(|ts| SystemTime::try_from(ts).map_err(|_| ServiceError::protocol("mtime is not a valid timestamp")))
-        .transpose()
+    let invalid = || ServiceError::protocol("mtime is not a valid timestamp");
+    let Some(ts) = raw else { return Ok(None) };
+    // prost would silently normalise out-of-range nanos; the spec says they are invalid.
+    if !(0..1_000_000_000).contains(&ts.nanos) || !TIMESTAMP_SECONDS.contains(&ts.seconds) {
+        return Err(invalid());
+    }
+    SystemTime::try_from(ts).map(Some).map_err(|_| invalid())
 }
 
 pub(crate) fn permissions(raw: Option<u32>) -> Result<Option<u32>, ServiceError> {
