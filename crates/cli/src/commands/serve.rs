@@ -20,35 +20,31 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening beyond loopback without TLS or authentication: anyone who can reach this address can read and write the root");
     }
+    let shutdown = shutdown_signal()?;
     // The one line on stdout: scripts and tests read the bound address here.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {addr}").and_then(|()| stdout.flush()).context("cannot write to stdout")?;
     tracing::info!(%addr, root = %args.root.display(), "ferry serving");
-    ferry_server::serve(listener, Arc::new(store), ServerOptions::default(), shutdown_signal()).await?;
+    ferry_server::serve(listener, Arc::new(store), ServerOptions::default(), shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+/// Registers the Ctrl-C and SIGTERM handlers now, and returns a future that
+/// completes on either. Registration must happen before readiness is
+/// announced: until a handler exists, the signal's default action kills the
+/// process instead of shutting it down gracefully.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    Ok(async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("shutting down: finishing calls in flight");
+        tracing::info!("shutting down: finishing calls in flight");
+    })
 }
 
 fn init_logging(format: LogFormat) {
