@@ -21,6 +21,9 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
+    /// Server URL, for the client commands (before or after the command name).
+    #[arg(long, global = true, env = "FERRY_SERVER", default_value = ferry_client::DEFAULT_SERVER)]
+    pub server: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -63,14 +66,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Options shared by every client command.
-#[derive(Debug, Args)]
-pub struct ClientArgs {
-    /// Server URL.
-    #[arg(long, env = "FERRY_SERVER", default_value = ferry_client::DEFAULT_SERVER)]
-    pub server: String,
-}
-
 #[derive(Debug, Args)]
 pub struct TransferArgs {
     /// No progress bar.
@@ -83,8 +78,6 @@ pub struct TransferArgs {
 
 #[derive(Debug, Args)]
 pub struct PutArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
     #[command(flatten)]
     pub transfer: TransferArgs,
     /// Local file, or `-` for stdin.
@@ -99,8 +92,6 @@ pub struct PutArgs {
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
     #[command(flatten)]
     pub transfer: TransferArgs,
     /// Remote path.
@@ -121,8 +112,6 @@ pub struct GetArgs {
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
     /// Remote directory (the root if not given).
     #[arg(default_value = "")]
     pub path: String,
@@ -139,8 +128,6 @@ pub struct LsArgs {
 
 #[derive(Debug, Args)]
 pub struct StatArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
     /// Remote path.
     pub path: String,
     /// Print a JSON object.
@@ -150,8 +137,6 @@ pub struct StatArgs {
 
 #[derive(Debug, Args)]
 pub struct RmArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
     /// Remote path.
     pub path: String,
 }

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::OTHER);
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let code = exit::code_for(&error);
@@ -40,13 +40,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
-    match command {
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let server = cli.server.as_str();
+    match cli.command {
         Command::Serve(args) => commands::serve::run(args).await,
-        Command::Put(args) => commands::put::run(args).await,
-        Command::Get(args) => commands::get::run(args).await,
-        Command::Ls(args) => commands::ls::run(args).await,
-        Command::Stat(args) => commands::stat::run(args).await,
-        Command::Rm(args) => commands::rm::run(args).await,
+        Command::Put(args) => commands::put::run(server, args).await,
+        Command::Get(args) => commands::get::run(server, args).await,
+        Command::Ls(args) => commands::ls::run(server, args).await,
+        Command::Stat(args) => commands::stat::run(server, args).await,
+        Command::Rm(args) => commands::rm::run(server, args).await,
     }
 }

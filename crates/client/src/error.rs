@@ -8,8 +8,10 @@ use std::path::PathBuf;
 pub enum Error {
     #[error("invalid server URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
-    #[error("cannot connect to {url}: {source}")]
-    Connect { url: String, source: tonic::transport::Error },
+    /// `reason` is the innermost cause ("Connection refused (os error 111)"):
+    /// tonic's own error repeats each layer's name around it.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
     /// The server (or the transport) answered with an error status.
     #[error("{}", describe_status(.0))]
     Status(tonic::Status),
@@ -33,6 +35,14 @@ impl From<tonic::Status> for Error {
 }
 
 impl Error {
+    pub(crate) fn connect(url: &str, error: &tonic::transport::Error) -> Self {
+        let mut innermost: &dyn std::error::Error = error;
+        while let Some(source) = innermost.source() {
+            innermost = source;
+        }
+        Self::Connect { url: url.to_owned(), reason: innermost.to_string() }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io { context: context.into(), source }
     }

@@ -82,7 +82,7 @@ impl Client {
             .initial_stream_window_size(ferry_proto::HTTP2_STREAM_WINDOW)
             .initial_connection_window_size(ferry_proto::HTTP2_CONNECTION_WINDOW)
             .max_frame_size(ferry_proto::HTTP2_MAX_FRAME_SIZE);
-        let channel = endpoint.connect().await.map_err(|source| Error::Connect { url: url.to_owned(), source })?;
+        let channel = endpoint.connect().await.map_err(|e| Error::connect(url, &e))?;
         let rpc = FerryClient::new(channel)
             .max_decoding_message_size(ferry_proto::MAX_MESSAGE_SIZE)
             .max_encoding_message_size(ferry_proto::MAX_MESSAGE_SIZE);

@@ -8,8 +8,8 @@ use super::connect;
 use crate::cli::LsArgs;
 use crate::output;
 
-pub async fn run(args: LsArgs) -> anyhow::Result<()> {
-    let client = connect(&args.client, ferry_client::DEFAULT_CHUNK_SIZE).await?;
+pub async fn run(server: &str, args: LsArgs) -> anyhow::Result<()> {
+    let client = connect(server, ferry_client::DEFAULT_CHUNK_SIZE).await?;
     let mut listing = client.list(&args.path, args.recursive).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     while let Some(batch) = listing.next_batch().await? {

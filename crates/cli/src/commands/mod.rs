@@ -6,7 +6,6 @@ use std::future::Future;
 use anyhow::{Context, bail};
 use ferry_client::{Client, ClientOptions};
 
-use crate::cli::ClientArgs;
 use crate::exit::Interrupted;
 
 pub mod get;
@@ -17,9 +16,9 @@ pub mod serve;
 pub mod stat;
 
 /// Connects to the server named by `--server` / `FERRY_SERVER`.
-pub async fn connect(args: &ClientArgs, chunk_size: usize) -> anyhow::Result<Client> {
+pub async fn connect(server: &str, chunk_size: usize) -> anyhow::Result<Client> {
     let options = ClientOptions { chunk_size, ..ClientOptions::default() };
-    Ok(Client::connect_with(&args.server, options).await?)
+    Ok(Client::connect_with(server, options).await?)
 }
 
 /// Runs a transfer until it ends or the user presses Ctrl-C. On Ctrl-C the

@@ -9,10 +9,10 @@ use super::{connect, interruptible, local_file_name};
 use crate::cli::PutArgs;
 use crate::output::progress_bar;
 
-pub async fn run(args: PutArgs) -> anyhow::Result<()> {
+pub async fn run(server: &str, args: PutArgs) -> anyhow::Result<()> {
     let from_stdin = args.local == Path::new("-");
     let remote = remote_path(&args.local, args.remote.as_deref(), from_stdin)?;
-    let client = connect(&args.client, args.transfer.chunk_size).await?;
+    let client = connect(server, args.transfer.chunk_size).await?;
     let options = UploadOptions { create_only: args.no_clobber, ..UploadOptions::default() };
 
     let file = if from_stdin {

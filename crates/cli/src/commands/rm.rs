@@ -3,8 +3,8 @@
 use super::connect;
 use crate::cli::RmArgs;
 
-pub async fn run(args: RmArgs) -> anyhow::Result<()> {
-    let client = connect(&args.client, ferry_client::DEFAULT_CHUNK_SIZE).await?;
+pub async fn run(server: &str, args: RmArgs) -> anyhow::Result<()> {
+    let client = connect(server, ferry_client::DEFAULT_CHUNK_SIZE).await?;
     client.delete(&args.path).await?;
     Ok(())
 }

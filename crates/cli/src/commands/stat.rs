@@ -4,8 +4,8 @@ use super::connect;
 use crate::cli::StatArgs;
 use crate::output;
 
-pub async fn run(args: StatArgs) -> anyhow::Result<()> {
-    let client = connect(&args.client, ferry_client::DEFAULT_CHUNK_SIZE).await?;
+pub async fn run(server: &str, args: StatArgs) -> anyhow::Result<()> {
+    let client = connect(server, ferry_client::DEFAULT_CHUNK_SIZE).await?;
     let file = client.stat(&args.path).await?;
     if args.json {
         println!("{}", output::json(&file));
