@@ -421,6 +421,47 @@ fn get_to_a_closed_stdout_pipe_exits_0() {
     assert!(output.stderr.is_empty(), "a broken pipe printed an error: {}", text(&output.stderr));
 }
 
+/// A client that stops reading must not make the server buffer the file:
+/// HTTP/2 flow control and the bounded read-ahead stop the server after a few
+/// chunks, so its memory stays far below the file's size.
+#[test]
+fn a_stalled_download_does_not_grow_server_memory() {
+    const FILE: usize = 256 * MIB;
+    const BOUND_KIB: u64 = 96 * 1024;
+    let server = TestServer::start();
+    // Written straight into the root (faster than an upload); zeros are as good as any bytes here.
+    let mut file = fs::File::create(server.stored("big.bin")).expect("create the big file");
+    let block = vec![0u8; MIB];
+    for _ in 0..FILE / MIB {
+        file.write_all(&block).expect("write the big file");
+    }
+    drop(file);
+
+    let mut child = client_command(&server, &["get", "big.bin", "-"]).spawn().expect("spawn ferry get -");
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut first = vec![0u8; MIB];
+    stdout.read_exact(&mut first).expect("the download starts");
+    // Stop reading. A server without backpressure would read the whole file
+    // into memory well within this pause; a correct one waits.
+    std::thread::sleep(Duration::from_secs(1));
+    let peak = server_peak_rss_kib(&server);
+    assert!(peak < BOUND_KIB, "server peak RSS {peak} KiB while a client stalled on a {FILE}-byte download");
+
+    // Resuming reading completes the download correctly.
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).expect("read the rest");
+    assert_eq!(first.len() + rest.len(), FILE, "bytes received after the stall");
+    drop(stdout);
+    assert_exit(&wait_output(child, "ferry get big.bin -"), 0);
+}
+
+/// The server's peak resident memory (VmHWM) so far.
+fn server_peak_rss_kib(server: &TestServer) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{}/status", server.child.id())).expect("read /proc/PID/status");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM line");
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmHWM value")
+}
+
 /// A failed download never leaves a partial file, under the target's name or
 /// as a `.NAME.*.ferry-part` temporary beside it.
 #[test]
