@@ -61,6 +61,7 @@ impl Client {
             mode: if options.create_only { WriteMode::CreateOnly } else { WriteMode::Overwrite } as i32,
             mtime: options.mtime.map(prost_types::Timestamp::from),
             permissions: options.permissions,
+            ..UploadHeader::default()
         };
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         tx.send(UploadRequest { kind: Some(Kind::Header(header)) })
@@ -70,16 +71,19 @@ impl Client {
         let mut rpc = self.rpc.clone();
         let mut call = Box::pin(rpc.upload(ReceiverStream::new(rx)));
 
-        let sent = tokio::select! {
-            produced = &mut producer => produced.map_err(|e| Error::Protocol(format!("upload task failed: {e}")))?,
-            // The server answered before we finished sending: it refused the upload.
-            early = &mut call => {
-                producer.abort();
-                return match early {
-                    Err(status) => Err(status.into()),
-                    Ok(_) => Err(Error::Protocol("server replied before the upload was complete".into())),
-                };
-            }
+        let task_failed = |e: tokio::task::JoinError| Error::Protocol(format!("upload task failed: {e}"));
+        let (sent, reply) = tokio::select! {
+            produced = &mut producer => (produced.map_err(task_failed)?, None),
+            answered = &mut call => match answered {
+                // The server refused the upload before we finished sending.
+                Err(status) => {
+                    producer.abort();
+                    return Err(status.into());
+                }
+                // The server committed, so it had everything: the producer is
+                // done (or about to be), and its digest is checked below.
+                Ok(reply) => ((&mut producer).await.map_err(task_failed)?, Some(reply)),
+            },
         };
         // On a local read error, cancel the call (dropping it resets the
         // stream) before the request stream can end cleanly.
@@ -91,7 +95,11 @@ impl Client {
                 return Err(error);
             }
         };
-        let reply = call.await?.into_inner();
+        let reply = match reply {
+            Some(reply) => reply,
+            None => call.await?,
+        }
+        .into_inner();
         let file =
             reply.file.map(RemoteFile::from).ok_or_else(|| Error::Protocol("upload reply without file".into()))?;
         if file.sha256.as_deref() != Some(digest.as_str()) {
