@@ -9,6 +9,7 @@
 //! | `serve`, transport settings | `lib.rs` (here) |
 //! | the service and per-RPC dispatch | `service/mod.rs` |
 //! | upload / download / stat, list, delete | `service/{upload,download,objects}.rs` |
+//! | resumable uploads: create, query, abort, bidirectional session | `service/sessions.rs` |
 //! | errors → gRPC status codes (the only place) | `status.rs` |
 //! | wire ↔ storage conversions | `convert.rs` |
 
@@ -52,6 +53,12 @@ pub struct ServerOptions {
     pub max_local_error_reset_streams: usize,
     /// Bound on request header bytes.
     pub max_header_list_size: u32,
+    /// An upload stream silent for this long is ended with DEADLINE_EXCEEDED
+    /// (a resumable upload keeps what it received). Bulk transfers get no
+    /// whole-call deadline: only silence ends them.
+    pub stream_idle_timeout: Duration,
+    /// Resumable uploads untouched for this long are discarded.
+    pub upload_ttl: Duration,
 }
 
 impl Default for ServerOptions {
@@ -67,6 +74,8 @@ impl Default for ServerOptions {
             tcp_keepalive: Duration::from_secs(60),
             max_local_error_reset_streams: 1024,
             max_header_list_size: 16 * 1024,
+            stream_idle_timeout: Duration::from_secs(60),
+            upload_ttl: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -80,7 +89,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(options.tcp_keepalive));
-    let service = FerryServer::new(FerryService::new(store))
+    // Abandoned sessions are collected at start and then every tenth of the TTL.
+    let collector = tokio::spawn(collect_abandoned_uploads(store.clone(), options.upload_ttl));
+    let _stop_collector = AbortOnDrop(collector);
+    let service = FerryServer::new(FerryService::new(store, options.stream_idle_timeout))
         .max_decoding_message_size(options.max_message_size)
         .max_encoding_message_size(options.max_message_size);
     Server::builder()
@@ -95,4 +107,25 @@ pub async fn serve(
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+async fn collect_abandoned_uploads(store: Arc<dyn Store>, ttl: Duration) {
+    let period = (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60 * 60));
+    loop {
+        match store.expire_uploads(ttl).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "expired abandoned uploads"),
+            Err(e) => tracing::warn!(error = %e, "could not expire abandoned uploads"),
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// Stops a background task when `serve` returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -19,7 +19,18 @@ pub enum ServiceError {
     /// dropped); its status is passed on unchanged.
     #[error("stream error: {0}")]
     Stream(#[from] Status),
+    /// A resumable upload's stream ended without finishing: its bytes are
+    /// kept, and the client resumes at `committed`.
+    #[error("stream ended after {received} bytes without finishing; {committed} bytes are committed: resume there")]
+    Incomplete { received: u64, committed: u64 },
+    /// The client sent nothing for longer than the idle timeout.
+    #[error("no message for {0:?}: stream closed (what was received is kept if the upload is resumable)")]
+    Idle(std::time::Duration),
 }
+
+/// Trailer that carries the committed offset with ABORTED, so a client can
+/// resume without another round trip.
+pub const COMMITTED_OFFSET_TRAILER: &str = "ferry-committed-offset";
 
 impl ServiceError {
     pub(crate) fn protocol(message: impl Into<String>) -> Self {
@@ -32,6 +43,8 @@ impl ServiceError {
             ServiceError::Store(e) => store_code(e),
             ServiceError::Protocol(_) => Code::InvalidArgument,
             ServiceError::Stream(status) => status.code(),
+            ServiceError::Idle(_) => Code::DeadlineExceeded,
+            ServiceError::Incomplete { .. } => Code::Aborted,
         }
     }
 
@@ -47,6 +60,16 @@ impl ServiceError {
                 tracing::error!(request_id, op, error = %source, "storage failure");
                 Status::new(code, format!("internal storage error (request id {request_id})"))
             }
+            ServiceError::Store(StoreError::OffsetMismatch { committed, .. })
+            | ServiceError::Incomplete { committed, .. } => {
+                let message = self.to_string();
+                tracing::debug!(request_id, ?code, error = %message, "resume needed");
+                let mut status = Status::new(code, message);
+                if let Ok(value) = committed.to_string().parse() {
+                    status.metadata_mut().insert(COMMITTED_OFFSET_TRAILER, value);
+                }
+                status
+            }
             other => {
                 tracing::debug!(request_id, ?code, error = %other, "request refused");
                 Status::new(code, other.to_string())
@@ -57,10 +80,12 @@ impl ServiceError {
 
 fn store_code(error: &StoreError) -> Code {
     match error {
-        StoreError::InvalidPath(_) | StoreError::SizeMismatch { .. } | StoreError::DigestMismatch { .. } => {
-            Code::InvalidArgument
-        }
-        StoreError::NotFound { .. } => Code::NotFound,
+        StoreError::InvalidPath(_)
+        | StoreError::SizeMismatch { .. }
+        | StoreError::DigestMismatch { .. }
+        | StoreError::InvalidUploadId => Code::InvalidArgument,
+        StoreError::NotFound { .. } | StoreError::UploadNotFound { .. } => Code::NotFound,
+        StoreError::OffsetMismatch { .. } | StoreError::Preempted { .. } => Code::Aborted,
         StoreError::AlreadyExists { .. } => Code::AlreadyExists,
         StoreError::IsDirectory { .. }
         | StoreError::ParentNotDirectory { .. }
@@ -101,6 +126,12 @@ mod tests {
             (StoreError::RangeStartsPastEnd { offset: 2, size: 1 }.into(), Code::OutOfRange),
             (StoreError::RangeOverflow { offset: 2, length: u64::MAX }.into(), Code::OutOfRange),
             (StoreError::StorageFull.into(), Code::ResourceExhausted),
+            (StoreError::InvalidUploadId.into(), Code::InvalidArgument),
+            (StoreError::UploadNotFound { id: "x".into() }.into(), Code::NotFound),
+            (StoreError::OffsetMismatch { id: "x".into(), offset: 1, committed: 0 }.into(), Code::Aborted),
+            (StoreError::Preempted { id: "x".into() }.into(), Code::Aborted),
+            (ServiceError::Idle(std::time::Duration::from_secs(1)), Code::DeadlineExceeded),
+            (ServiceError::Incomplete { received: 5, committed: 4 }, Code::Aborted),
             (StoreError::io("writing", std::io::Error::other("EIO /srv/secret")).into(), Code::Internal),
             (Status::cancelled("gone").into(), Code::Cancelled),
         ];
@@ -108,6 +139,14 @@ mod tests {
             let shown = format!("{error:?}");
             assert_eq!(error.into_status(7).code(), want, "{shown}");
         }
+    }
+
+    #[test]
+    fn offset_mismatch_carries_the_committed_offset() {
+        let status =
+            ServiceError::from(StoreError::OffsetMismatch { id: "x".into(), offset: 9, committed: 4 }).into_status(1);
+        assert_eq!(status.code(), Code::Aborted);
+        assert_eq!(status.metadata().get(COMMITTED_OFFSET_TRAILER).and_then(|v| v.to_str().ok()), Some("4"));
     }
 
     #[test]

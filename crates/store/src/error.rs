@@ -39,6 +39,16 @@ pub enum Error {
     DigestMismatch { expected: Sha256, actual: Sha256 },
     #[error("storage is full")]
     StorageFull,
+    #[error("upload ids are 32 lowercase hex characters")]
+    InvalidUploadId,
+    #[error("upload {id}: no such upload (unknown, finished, aborted or expired)")]
+    UploadNotFound { id: String },
+    /// A write must continue exactly at the durable committed offset.
+    #[error("write at offset {offset}, but upload {id} has {committed} bytes committed")]
+    OffsetMismatch { id: String, offset: u64, committed: u64 },
+    /// Another stream resumed (or aborted) this upload.
+    #[error("upload {id} was taken over by another stream")]
+    Preempted { id: String },
     /// Anything unexpected. `op` says what was being done; the source holds the
     /// OS error. Never sent to clients.
     #[error("storage I/O error while {op}: {source}")]

@@ -10,9 +10,9 @@
 //! | the `Store` / `Upload` traits and their types | `lib.rs` (here) |
 //! | the local-directory backend | `local/` |
 
-use std::fmt::Debug;
+use std::fmt::{self, Debug};
 use std::pin::Pin;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_core::Stream;
@@ -92,6 +92,54 @@ pub enum WriteMode {
     CreateOnly,
 }
 
+/// The id of an upload session: 32 lowercase hex characters (128 random bits).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UploadId(String);
+
+impl UploadId {
+    /// Validates an id a client sent.
+    pub fn parse(raw: &str) -> Result<Self> {
+        let valid = raw.len() == 32 && raw.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if valid { Ok(Self(raw.to_owned())) } else { Err(Error::InvalidUploadId) }
+    }
+
+    /// A fresh random id.
+    pub fn random() -> Result<Self> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| Error::io("generating an upload id", std::io::Error::other(e.to_string())))?;
+        Ok(Self(hex::encode(bytes)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Debug for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UploadId({})", self.0)
+    }
+}
+
+/// What a resumable upload's journal says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadStatus {
+    pub id: UploadId,
+    pub path: StorePath,
+    /// Bytes that are durable (fsynced and journaled): a resume continues here.
+    /// Never decreases; may be less than what a client has sent.
+    pub committed: u64,
+    /// The declared size, if any.
+    pub size: Option<u64>,
+}
+
 /// Everything an upload declares up front.
 #[derive(Debug, Clone, Default)]
 pub struct WriteOptions {
@@ -104,6 +152,9 @@ pub struct WriteOptions {
     pub mtime: Option<SystemTime>,
     /// Permission bits (0o644 if unset).
     pub permissions: Option<u32>,
+    /// Keep the session when the upload is dropped unfinished, so that it can
+    /// be resumed ([`Store::resume_upload`]); otherwise dropping discards it.
+    pub resumable: bool,
 }
 
 /// A download: the whole file's metadata and a stream of the range's bytes.
@@ -145,10 +196,26 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// Opens a file for reading a range of it.
     async fn read(&self, path: &StorePath, range: ByteRange) -> Result<Download>;
 
-    /// Starts an upload to `path`. Conflicts that can be seen now (the path is a
-    /// directory, a parent is a file, create-only and the file exists) fail
-    /// here, before any data is sent.
+    /// Starts an upload session to `path`. Conflicts that can be seen now (the
+    /// path is a directory, a parent is a file, create-only and the file
+    /// exists) fail here, before any data is sent.
     async fn create_upload(&self, path: &StorePath, options: WriteOptions) -> Result<Box<dyn Upload>>;
+
+    /// Continues a resumable upload at `offset`, which must equal its committed
+    /// offset ([`Error::OffsetMismatch`] otherwise). A stream still writing to
+    /// the session is preempted first: its next call fails with
+    /// [`Error::Preempted`]. Survives restarts: the session lives on disk.
+    async fn resume_upload(&self, id: &UploadId, offset: u64) -> Result<Box<dyn Upload>>;
+
+    /// The durable state of a resumable upload.
+    async fn upload_status(&self, id: &UploadId) -> Result<UploadStatus>;
+
+    /// Discards a resumable upload (preempting a stream still writing to it).
+    async fn abort_upload(&self, id: &UploadId) -> Result<()>;
+
+    /// Discards resumable uploads untouched for longer than `idle`; returns
+    /// how many. Uploads with a live stream are kept.
+    async fn expire_uploads(&self, idle: Duration) -> Result<usize>;
 
     /// The entries under `dir` (the root when `None`), in batches: one level,
     /// or the whole subtree depth-first when `recursive`. Each directory's
@@ -159,14 +226,31 @@ pub trait Store: Debug + Send + Sync + 'static {
     async fn delete(&self, path: &StorePath) -> Result<()>;
 }
 
-/// An upload in progress. Dropping it without [`Upload::commit`] discards it.
+/// An upload in progress. Dropping it without [`Upload::commit`] discards it,
+/// unless it is resumable: then the session stays, at its committed offset.
 #[async_trait::async_trait]
 pub trait Upload: Debug + Send {
+    /// The session's id.
+    fn id(&self) -> &UploadId;
+
     /// Appends `data`. Waits while the backend is busy (backpressure).
     async fn write(&mut self, data: Bytes) -> Result<()>;
 
-    /// Bytes accepted so far.
+    /// Bytes accepted so far (committed, and in flight to the disk).
     fn received(&self) -> u64;
+
+    /// The size declared when the upload was created, if any.
+    fn declared_size(&self) -> Option<u64>;
+
+    /// The latest durable offset known. Advances in the background as data
+    /// is synced (every few MiB), and at [`Upload::sync`].
+    fn committed(&self) -> u64;
+
+    /// Makes everything accepted so far durable; returns the committed offset.
+    async fn sync(&mut self) -> Result<u64>;
+
+    /// Completes when another stream takes the session over (resume or abort).
+    async fn preempted(&self);
 
     /// Verifies the declared size and digests (those from [`WriteOptions`] and
     /// `final_sha256`, which a client may learn only after sending), makes the

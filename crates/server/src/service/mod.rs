@@ -6,11 +6,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use ferry_proto::v1::ferry_server::Ferry;
 use ferry_proto::v1::{
-    DeleteRequest, DeleteResponse, DownloadRequest, DownloadResponse, ListRequest, ListResponse, StatRequest,
-    StatResponse, UploadRequest, UploadResponse,
+    AbortUploadRequest, AbortUploadResponse, CreateUploadRequest, CreateUploadResponse, DeleteRequest, DeleteResponse,
+    DownloadRequest, DownloadResponse, ListRequest, ListResponse, QueryUploadRequest, QueryUploadResponse, StatRequest,
+    StatResponse, UploadRequest, UploadResponse, UploadSessionRequest, UploadSessionResponse,
 };
 use ferry_store::{Store, StorePath};
 use tokio_stream::Stream;
@@ -21,6 +23,7 @@ use crate::status::ServiceError;
 
 mod download;
 mod objects;
+mod sessions;
 mod upload;
 
 /// A stream of responses, as the streaming RPCs return them.
@@ -31,11 +34,13 @@ pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 pub struct FerryService {
     store: Arc<dyn Store>,
     next_request_id: Arc<AtomicU64>,
+    /// How long an upload stream may stay silent before the server ends it.
+    idle_timeout: Duration,
 }
 
 impl FerryService {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, next_request_id: Arc::new(AtomicU64::new(1)) }
+    pub fn new(store: Arc<dyn Store>, idle_timeout: Duration) -> Self {
+        Self { store, next_request_id: Arc::new(AtomicU64::new(1)), idle_timeout }
     }
 
     /// Runs one RPC's body inside a span with a fresh request id, converting
@@ -61,7 +66,7 @@ pub(crate) fn parse_path(raw: &str) -> Result<StorePath, ServiceError> {
 impl Ferry for FerryService {
     async fn upload(&self, request: Request<Streaming<UploadRequest>>) -> Result<Response<UploadResponse>, Status> {
         let store = self.store.clone();
-        self.call("Upload", |_| upload::upload(store, request.into_inner())).await
+        self.call("Upload", |_| upload::upload(store, request.into_inner(), self.idle_timeout)).await
     }
 
     type DownloadStream = ResponseStream<DownloadResponse>;
@@ -86,5 +91,40 @@ impl Ferry for FerryService {
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
         let store = self.store.clone();
         self.call("Delete", |_| objects::delete(store, request.into_inner())).await
+    }
+
+    async fn create_upload(
+        &self,
+        request: Request<CreateUploadRequest>,
+    ) -> Result<Response<CreateUploadResponse>, Status> {
+        let store = self.store.clone();
+        self.call("CreateUpload", |_| sessions::create(store, request.into_inner())).await
+    }
+
+    async fn query_upload(
+        &self,
+        request: Request<QueryUploadRequest>,
+    ) -> Result<Response<QueryUploadResponse>, Status> {
+        let store = self.store.clone();
+        self.call("QueryUpload", |_| sessions::query(store, request.into_inner())).await
+    }
+
+    async fn abort_upload(
+        &self,
+        request: Request<AbortUploadRequest>,
+    ) -> Result<Response<AbortUploadResponse>, Status> {
+        let store = self.store.clone();
+        self.call("AbortUpload", |_| sessions::abort(store, request.into_inner())).await
+    }
+
+    type UploadSessionStream = ResponseStream<UploadSessionResponse>;
+
+    async fn upload_session(
+        &self,
+        request: Request<Streaming<UploadSessionRequest>>,
+    ) -> Result<Response<Self::UploadSessionStream>, Status> {
+        let store = self.store.clone();
+        let idle = self.idle_timeout;
+        self.call("UploadSession", |id| sessions::session(store, request.into_inner(), id, idle)).await
     }
 }

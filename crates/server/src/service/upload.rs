@@ -1,12 +1,16 @@
-//! `Upload` (client streaming): header, chunks, optional finish → commit.
+//! `Upload` (client streaming): a header that starts an upload (or continues
+//! a resumable one), chunks, an optional finish → commit. The receive loop
+//! here is shared with the bidirectional `UploadSession`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ferry_proto::v1::upload_request::Kind;
 use ferry_proto::v1::{UploadHeader, UploadRequest, UploadResponse};
-use ferry_store::{Store, WriteOptions};
-use tonic::Streaming;
+use ferry_store::{Error as StoreError, Sha256, Store, Upload, UploadId, WriteOptions};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Status, Streaming};
 
 use super::parse_path;
 use crate::convert;
@@ -14,50 +18,159 @@ use crate::status::ServiceError;
 
 pub(super) async fn upload(
     store: Arc<dyn Store>,
-    mut stream: Streaming<UploadRequest>,
+    stream: Streaming<UploadRequest>,
+    idle: Duration,
 ) -> Result<UploadResponse, ServiceError> {
     let started = Instant::now();
-    let header = match stream.message().await?.and_then(|m| m.kind) {
-        Some(Kind::Header(header)) => header,
-        Some(Kind::Chunk(_)) => return Err(ServiceError::protocol("a chunk arrived before the upload header")),
-        Some(Kind::Finish(_)) => return Err(ServiceError::protocol("finish arrived before the upload header")),
-        None => return Err(ServiceError::protocol("the first message of an upload must be its header")),
+    let mut messages = stream.map(|message| message.map(|m| m.kind));
+    let header = match next_message(&mut messages, idle).await? {
+        Some(Some(Kind::Header(header))) => header,
+        Some(Some(Kind::Chunk(_))) => return Err(ServiceError::protocol("a chunk arrived before the upload header")),
+        Some(Some(Kind::Finish(_))) => return Err(ServiceError::protocol("finish arrived before the upload header")),
+        _ => return Err(ServiceError::protocol("the first message of an upload must be its header")),
     };
-    let path = parse_path(&header.path)?;
-    let size_declared = header.size.is_some();
-    let mut upload = store.create_upload(&path, write_options(&header)?).await?;
+    let (mut upload, resumable) = match header.upload_id.as_str() {
+        "" => (store.create_upload(&parse_path(&header.path)?, write_options(&header, false)?).await?, false),
+        id => (continue_upload(&*store, &header, id).await?, true),
+    };
 
-    // Dropping `upload` on any early return discards the staged data.
-    let mut final_sha256 = None;
-    let mut finished = false;
-    while let Some(message) = stream.message().await? {
-        match message.kind {
-            Some(Kind::Chunk(chunk)) if !finished => upload.write(chunk.data).await?,
-            Some(Kind::Finish(finish)) if !finished => {
-                final_sha256 = convert::optional_digest("finish.sha256", &finish.sha256)?;
-                finished = true;
-            }
-            Some(Kind::Header(_)) => return Err(ServiceError::protocol("a second upload header arrived")),
-            Some(_) => return Err(ServiceError::protocol("data arrived after the finish message")),
-            None => return Err(ServiceError::protocol("an upload message carried no header, chunk or finish")),
-        }
-    }
-    // A stream that just stops is only complete if we know how long it should
-    // be; otherwise a client that crashed mid-file would look finished.
-    if !size_declared && !finished {
-        return Err(ServiceError::protocol("an upload without a declared size must end with a finish message"));
-    }
+    let incoming = messages.map(|message| {
+        message.map(|kind| match kind {
+            Some(Kind::Chunk(chunk)) => Incoming::Chunk(chunk.data),
+            Some(Kind::Finish(finish)) => Incoming::Finish(finish.sha256),
+            Some(Kind::Header(_)) => Incoming::Unexpected("a second upload header arrived"),
+            None => Incoming::Unexpected("an upload message carried no header, chunk or finish"),
+        })
+    });
+    let final_sha256 = receive(&mut *upload, incoming, idle, resumable, |_| {}).await?;
     let meta = upload.commit(final_sha256).await?;
     tracing::info!(path = %meta.path, bytes = meta.size, elapsed_ms = started.elapsed().as_millis() as u64, "upload committed");
     Ok(UploadResponse { file: Some(convert::file_info(&meta)) })
 }
 
-fn write_options(header: &UploadHeader) -> Result<WriteOptions, ServiceError> {
+/// Resumes the session named in a header that must carry nothing else.
+async fn continue_upload(store: &dyn Store, header: &UploadHeader, id: &str) -> Result<Box<dyn Upload>, ServiceError> {
+    let only_id = header.path.is_empty()
+        && header.size.is_none()
+        && header.sha256.is_empty()
+        && header.mode == 0
+        && header.mtime.is_none()
+        && header.permissions.is_none();
+    if !only_id {
+        return Err(ServiceError::protocol(
+            "a header that continues an upload carries only upload_id and offset (the session has the rest)",
+        ));
+    }
+    Ok(store.resume_upload(&UploadId::parse(id)?, header.offset).await?)
+}
+
+pub(super) fn write_options(header: &UploadHeader, resumable: bool) -> Result<WriteOptions, ServiceError> {
     Ok(WriteOptions {
         mode: convert::write_mode(header.mode)?,
         size: header.size,
         sha256: convert::optional_digest("header.sha256", &header.sha256)?,
         mtime: convert::mtime(header.mtime)?,
         permissions: convert::permissions(header.permissions)?,
+        resumable,
     })
+}
+
+/// An upload stream's messages after the first, whatever the RPC.
+pub(super) enum Incoming {
+    Chunk(Bytes),
+    Finish(String),
+    Unexpected(&'static str),
+}
+
+/// The next message, or `DEADLINE_EXCEEDED` after `idle` without one.
+pub(super) async fn next_message<S, T>(stream: &mut S, idle: Duration) -> Result<Option<T>, ServiceError>
+where
+    S: Stream<Item = Result<T, Status>> + Unpin,
+{
+    match tokio::time::timeout(idle, stream.next()).await {
+        Err(_) => Err(ServiceError::Idle(idle)),
+        Ok(None) => Ok(None),
+        Ok(Some(Err(status))) => Err(ServiceError::Stream(status)),
+        Ok(Some(Ok(message))) => Ok(Some(message)),
+    }
+}
+
+/// Feeds chunks into `upload` until the stream ends; returns the digest of
+/// the finish message, if any. `on_chunk` sees the upload after each chunk.
+///
+/// If the stream breaks, idles out or misbehaves, a resumable upload is
+/// synced first, so that everything received is kept for the resume.
+pub(super) async fn receive<S>(
+    upload: &mut dyn Upload,
+    mut stream: S,
+    idle: Duration,
+    resumable: bool,
+    mut on_chunk: impl FnMut(&dyn Upload),
+) -> Result<Option<Sha256>, ServiceError>
+where
+    S: Stream<Item = Result<Incoming, Status>> + Unpin,
+{
+    let size_declared = upload.declared_size().is_some();
+    let mut finished = None;
+    let result = loop {
+        let next = tokio::select! {
+            biased;
+            () = upload.preempted() => break Err(ServiceError::Store(StoreError::Preempted { id: upload.id().to_string() })),
+            next = next_message(&mut stream, idle) => next,
+        };
+        match next {
+            Err(e) => break Err(e),
+            Ok(None) => break Ok(()),
+            Ok(Some(Incoming::Chunk(data))) if finished.is_none() => {
+                if let Err(e) = upload.write(data).await {
+                    break Err(e.into());
+                }
+                on_chunk(upload);
+            }
+            Ok(Some(Incoming::Finish(hex))) if finished.is_none() => {
+                match convert::optional_digest("finish.sha256", &hex) {
+                    Ok(digest) => finished = Some(digest),
+                    Err(e) => break Err(e),
+                }
+            }
+            Ok(Some(Incoming::Unexpected(what))) => break Err(ServiceError::protocol(what)),
+            Ok(Some(_)) => break Err(ServiceError::protocol("data arrived after the finish message")),
+        }
+    };
+    if let Err(e) = result {
+        let preempted = matches!(e, ServiceError::Store(StoreError::Preempted { .. }));
+        if resumable && !preempted {
+            keep_for_resume(upload).await;
+        }
+        return Err(e);
+    }
+    // A stream that just stops is only complete if we know how long it should
+    // be; otherwise a client that crashed mid-file would look finished.
+    let complete = upload.declared_size() == Some(upload.received());
+    match finished {
+        Some(digest) => Ok(digest),
+        None if complete => Ok(None),
+        // A resumable upload keeps what it has: the client resumes later.
+        None if resumable => {
+            let committed = keep_for_resume(upload).await;
+            Err(ServiceError::Incomplete { received: upload.received(), committed })
+        }
+        None if size_declared => Ok(None), // the commit reports the size mismatch
+        None => Err(ServiceError::protocol("an upload without a declared size must end with a finish message")),
+    }
+}
+
+/// Syncs an interrupted resumable upload so that everything received is kept;
+/// returns the committed offset.
+async fn keep_for_resume(upload: &mut dyn Upload) -> u64 {
+    match upload.sync().await {
+        Ok(committed) => {
+            tracing::info!(upload = %upload.id(), committed, "upload interrupted; kept for resume");
+            committed
+        }
+        Err(e) => {
+            tracing::warn!(upload = %upload.id(), error = %e, "could not sync an interrupted upload");
+            upload.committed()
+        }
+    }
 }

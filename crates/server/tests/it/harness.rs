@@ -17,22 +17,60 @@ use tonic::transport::Channel;
 pub struct TestServer {
     pub url: String,
     dir: tempfile::TempDir,
+    options: ServerOptions,
     stop: Option<oneshot::Sender<()>>,
+    running: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestServer {
     pub async fn start() -> Self {
+        Self::start_with(ServerOptions::default()).await
+    }
+
+    pub async fn start_with(options: ServerOptions) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir(dir.path().join("outside")).expect("outside dir");
         std::fs::write(dir.path().join("outside/secret"), b"outside the root").expect("secret file");
-        let store = LocalStore::open(dir.path().join("root")).expect("open store");
+        let mut server = Self { url: String::new(), dir, options, stop: None, running: None };
+        server.serve().await;
+        server
+    }
+
+    /// Serves the root on a fresh port.
+    async fn serve(&mut self) {
+        // After a stop, the previous store is released when its last task ends.
+        let mut store = LocalStore::open(self.root());
+        for _ in 0..200 {
+            if store.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            store = LocalStore::open(self.root());
+        }
+        let store = store.expect("open store");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("local addr"));
+        self.url = format!("http://{}", listener.local_addr().expect("local addr"));
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(ferry_server::serve(listener, Arc::new(store), ServerOptions::default(), async {
+        let serving = ferry_server::serve(listener, Arc::new(store), self.options.clone(), async {
             let _ = stopped.await;
+        });
+        self.stop = Some(stop);
+        self.running = Some(tokio::spawn(async move {
+            let _ = serving.await;
         }));
-        Self { url, dir, stop: Some(stop) }
+    }
+
+    /// Stops the server (in-flight calls are cut off with their connections
+    /// by the caller dropping its clients first) and serves the same root
+    /// again on a new port: what a restart looks like to the store.
+    pub async fn restart(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(running) = self.running.take() {
+            running.await.expect("server task");
+        }
+        self.serve().await;
     }
 
     pub async fn client(&self) -> Client {
@@ -56,8 +94,9 @@ impl TestServer {
         self.dir.path().join("outside")
     }
 
+    /// Where upload sessions live.
     pub fn staging(&self) -> PathBuf {
-        self.root().join(".ferry/staging")
+        self.root().join(".ferry/uploads")
     }
 
     /// Every file and directory under the temp dir (root and outside), with

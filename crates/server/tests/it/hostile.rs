@@ -64,7 +64,7 @@ fn upload_cases() -> Vec<(&'static str, Vec<UploadRequest>, Code)> {
         ("newline", bad_path("new\nline"), InvalidArgument),
         ("path over 1024 bytes", bad_path(&long_path), InvalidArgument),
         ("segment over 255 bytes", bad_path(&long_segment), InvalidArgument),
-        ("reserved state directory", bad_path(".ferry/staging/x"), InvalidArgument),
+        ("reserved state directory", bad_path(".ferry/uploads/x"), InvalidArgument),
         ("chunk before header", vec![chunk(b"x"), header("a.txt")], InvalidArgument),
         ("finish before header", vec![finish(""), header("a.txt")], InvalidArgument),
         ("empty stream", vec![], InvalidArgument),

@@ -10,4 +10,5 @@ mod harness;
 mod atomicity;
 mod hostile;
 mod objects;
+mod resume;
 mod transfer;

@@ -1,9 +1,9 @@
 //! [`LocalStore`]: a directory on a local filesystem as a [`Store`].
 //!
 //! Layout under the root: the files themselves, at their paths, plus the
-//! reserved `.ferry/` directory (never served) holding `staging/` (uploads in
-//! progress, on the same filesystem so commit is a rename) and `lock` (one
-//! server per root).
+//! reserved `.ferry/` directory (never served) holding `uploads/` (upload
+//! sessions, on the same filesystem so commit is a rename; see `session.rs`)
+//! and `lock` (one server per root).
 //!
 //! Blocking filesystem calls run on tokio's blocking pool, one chunk at a
 //! time, so no thread is parked while a slow peer applies backpressure.
@@ -11,19 +11,24 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustix::fs::{self, AtFlags, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::{
-    BoxStream, ByteRange, Download, EntryKind, Error, Metadata, Result, Store, StorePath, Upload, WriteOptions,
+    BoxStream, ByteRange, Download, EntryKind, Error, Metadata, Result, Store, StorePath, Upload, UploadId,
+    UploadStatus, WriteOptions,
 };
 
 mod digest_cache;
 mod list;
 mod read;
 mod resolve;
+mod session;
 mod upload;
+
+pub use upload::SYNC_INTERVAL;
 
 use resolve::Purpose;
 
@@ -52,7 +57,8 @@ pub struct LocalStore {
 #[derive(Debug)]
 struct Inner {
     root: OwnedFd,
-    staging_dir: PathBuf,
+    uploads_dir: PathBuf,
+    sessions: upload::Sessions,
     read_chunk: usize,
     /// Held for the store's lifetime: an exclusive `flock` on `.ferry/lock`.
     _lock: OwnedFd,
@@ -61,9 +67,10 @@ struct Inner {
 impl LocalStore {
     /// Opens (creating if missing) the store rooted at `root`.
     ///
-    /// Fails if another process holds the root (one server per root: staging
-    /// clean-up would otherwise remove a live upload). Leftovers of uploads
-    /// cut short by a crash are removed here.
+    /// Fails if another process holds the root (one server per root: recovery
+    /// would otherwise truncate a live upload). Upload sessions are recovered
+    /// here: resumable ones are truncated to their journaled offset, the rest
+    /// (non-resumable uploads cut short by a stop) are removed.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(root, LocalOptions::default())
     }
@@ -75,8 +82,8 @@ impl LocalStore {
         let root_fd = fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| Error::io("opening the root directory", e.into()))?;
         let state_dir = root.join(crate::RESERVED_NAME);
-        let staging_dir = state_dir.join("staging");
-        std::fs::create_dir_all(&staging_dir).map_err(|e| Error::io("creating the staging directory", e))?;
+        let uploads_dir = state_dir.join("uploads");
+        std::fs::create_dir_all(&uploads_dir).map_err(|e| Error::io("creating the uploads directory", e))?;
 
         let lock = fs::open(
             state_dir.join("lock"),
@@ -95,25 +102,19 @@ impl LocalStore {
             Err(e) => return Err(Error::io("locking the root", e.into())),
         }
 
-        let removed = remove_leftovers(&staging_dir)?;
-        if removed > 0 {
-            tracing::info!(removed, "removed staged data of uploads interrupted by a previous stop");
+        let (kept, removed) = session::recover(&uploads_dir)?;
+        if kept + removed > 0 {
+            tracing::info!(resumable = kept, removed, "recovered upload sessions");
         }
-        Ok(Self {
-            inner: Arc::new(Inner { root: root_fd, staging_dir, read_chunk: options.read_chunk.max(1), _lock: lock }),
-        })
+        let inner = Inner {
+            root: root_fd,
+            uploads_dir,
+            sessions: upload::Sessions::default(),
+            read_chunk: options.read_chunk.max(1),
+            _lock: lock,
+        };
+        Ok(Self { inner: Arc::new(inner) })
     }
-}
-
-fn remove_leftovers(staging_dir: &Path) -> Result<usize> {
-    let mut removed = 0;
-    let entries = std::fs::read_dir(staging_dir).map_err(|e| Error::io("cleaning the staging directory", e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io("cleaning the staging directory", e))?;
-        std::fs::remove_file(entry.path()).map_err(|e| Error::io("cleaning the staging directory", e))?;
-        removed += 1;
-    }
-    Ok(removed)
 }
 
 /// Runs blocking filesystem work on tokio's blocking pool.
@@ -150,6 +151,22 @@ impl Store for LocalStore {
 
     async fn create_upload(&self, path: &StorePath, options: WriteOptions) -> Result<Box<dyn Upload>> {
         Ok(Box::new(upload::LocalUpload::start(self.inner.clone(), path.clone(), options).await?))
+    }
+
+    async fn resume_upload(&self, id: &UploadId, offset: u64) -> Result<Box<dyn Upload>> {
+        Ok(Box::new(upload::LocalUpload::resume(self.inner.clone(), id.clone(), offset).await?))
+    }
+
+    async fn upload_status(&self, id: &UploadId) -> Result<UploadStatus> {
+        upload::status(self.inner.clone(), id.clone()).await
+    }
+
+    async fn abort_upload(&self, id: &UploadId) -> Result<()> {
+        upload::abort(self.inner.clone(), id.clone()).await
+    }
+
+    async fn expire_uploads(&self, idle: Duration) -> Result<usize> {
+        upload::expire(self.inner.clone(), idle).await
     }
 
     async fn list(&self, dir: Option<&StorePath>, recursive: bool) -> Result<BoxStream<Result<Vec<Metadata>>>> {

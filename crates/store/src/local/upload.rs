@@ -1,106 +1,308 @@
-//! An upload into a [`LocalStore`](super::LocalStore).
+//! Uploads into a [`LocalStore`](super::LocalStore), as sessions.
 //!
-//! Data goes to a server-named file in `.ferry/staging/` (same filesystem as
-//! the root). Each chunk is hashed as it arrives, then written by a writer task
-//! on the blocking pool, fed by a small bounded channel: memory per upload is at most
-//! `WRITE_QUEUE + 1` chunks, and a slow disk slows the sender (backpressure
-//! reaches the client through HTTP/2 flow control).
+//! Every upload writes to `.ferry/uploads/<id>/data` (never served, same
+//! filesystem as the root). Each chunk is hashed as it arrives, then written
+//! by a writer task on the blocking pool, fed by a small bounded queue: memory
+//! per upload is at most `WRITE_QUEUE + 1` chunks, and a slow disk slows the
+//! sender (backpressure reaches the client through HTTP/2 flow control).
+//!
+//! Every [`SYNC_INTERVAL`] bytes a checkpoint follows the data through the
+//! same queue. The writer then fdatasyncs the file and, for a resumable
+//! upload, journals the offset and the hash state at exactly that offset
+//! (`session.rs`), on another thread so that writing goes on meanwhile. The
+//! committed offset advances when that is done.
 //!
 //! Commit: check size and digests → set permissions, mtime and the digest
 //! xattr → fsync the file → create missing parent directories → rename into
-//! place (`RENAME_NOREPLACE` for create-only) → fsync the parent directory.
-//! The staged file is a `TempPath`: on any failure, or when the upload is
-//! dropped, it is deleted, so nothing partial is ever visible or left behind.
+//! place (`RENAME_NOREPLACE` for create-only) → fsync the parent directory →
+//! remove the session. A failed commit removes the session too: nothing
+//! partial is ever visible, and nothing is left behind.
+//!
+//! An upload that is dropped unfinished is discarded, unless it is
+//! resumable: then its session stays on disk at its committed offset.
+//! A resumable session is *claimed* by the one stream writing to it; a resume
+//! (or abort) takes the claim over, and the older stream's next call fails
+//! with [`Error::Preempted`].
 
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
-use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rustix::fs::{self, Mode, Timespec, Timestamps};
 use rustix::io::Errno;
 use sha2::Digest as _;
-use tempfile::TempPath;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedMutexGuard, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::resolve::{self, Purpose};
+use super::session::{Journal, SessionDir, encode_state};
 use super::{Inner, blocking, digest_cache};
-use crate::{EntryKind, Error, Metadata, Result, Sha256, StorePath, Upload, WriteMode, WriteOptions};
+use crate::{
+    EntryKind, Error, Metadata, Result, Sha256, StorePath, Upload, UploadId, UploadStatus, WriteMode, WriteOptions,
+};
 
 /// Chunks queued between the network and the disk.
 const WRITE_QUEUE: usize = 4;
-/// Staged bytes between background syncs (see `write_chunks`).
-const SYNC_INTERVAL: u64 = 32 * 1024 * 1024;
+/// Bytes between checkpoints (fdatasync + journal). Also bounds what a crash
+/// can lose of a resumable upload, and what a client must send again.
+pub const SYNC_INTERVAL: u64 = 32 * 1024 * 1024;
 /// Permission bits when the client gives none.
 const DEFAULT_PERMISSIONS: u32 = 0o644;
 
+/// The resumable sessions that a stream has claimed (or is waiting to).
+#[derive(Debug, Default)]
+pub(super) struct Sessions {
+    slots: Mutex<HashMap<UploadId, Arc<Slot>>>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// Held by the writer task of the stream that owns the session.
+    lock: Arc<tokio::sync::Mutex<()>>,
+    /// Bumped by every claim: a stream whose generation is no longer current
+    /// has been taken over.
+    takeover: watch::Sender<u64>,
+}
+
+/// A stream's claim on a resumable session.
+#[derive(Debug)]
+struct Claim {
+    generation: u64,
+    takeover: watch::Receiver<u64>,
+}
+
+impl Claim {
+    fn is_current(&self) -> bool {
+        *self.takeover.borrow() == self.generation
+    }
+}
+
+impl Sessions {
+    fn slot(&self, id: &UploadId) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        slots
+            .entry(id.clone())
+            .or_insert_with(|| Arc::new(Slot { lock: Arc::default(), takeover: watch::Sender::new(0) }))
+            .clone()
+    }
+
+    /// Takes the session over: signals the current owner, then waits until it
+    /// has let go (its writer task ended).
+    async fn claim(&self, id: &UploadId) -> (OwnedMutexGuard<()>, Claim) {
+        let slot = self.slot(id);
+        let mut generation = 0;
+        slot.takeover.send_modify(|g| {
+            *g += 1;
+            generation = *g;
+        });
+        let guard = slot.lock.clone().lock_owned().await;
+        (guard, Claim { generation, takeover: slot.takeover.subscribe() })
+    }
+
+    /// The session's lock, if no stream owns the session now. A resume that
+    /// arrives meanwhile waits for it.
+    fn hold_idle(&self, id: &UploadId) -> Option<OwnedMutexGuard<()>> {
+        self.slot(id).lock.clone().try_lock_owned().ok()
+    }
+
+    fn forget(&self, id: &UploadId) {
+        let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        slots.remove(id);
+    }
+}
+
+/// What travels from the upload to its writer task, in order.
+enum Item {
+    Data(Bytes),
+    /// Make `offset` bytes durable (and journal `hash_state` with them). With
+    /// a reply, the caller waits; without, it happens in the background.
+    Checkpoint {
+        offset: u64,
+        hash_state: String,
+        reply: Option<oneshot::Sender<Result<()>>>,
+    },
+}
+
 pub(super) struct LocalUpload {
     inner: Arc<Inner>,
+    id: UploadId,
+    session: SessionDir,
     path: StorePath,
     options: WriteOptions,
     received: u64,
-    /// Digest of everything accepted, updated as chunks arrive (in `write`,
-    /// while the writer task writes earlier chunks: measured faster than
-    /// hashing on the blocking pool, whose hand-offs cost more than they save).
+    /// Digest of everything accepted, updated as chunks arrive (while the
+    /// writer task writes earlier ones: measured faster than hashing on the
+    /// blocking pool, whose hand-offs cost more than they save on 2 cores).
     hasher: sha2::Sha256,
+    last_checkpoint: u64,
+    committed: watch::Receiver<u64>,
     /// `None` once the writer has been told the data is complete.
-    queue: Option<mpsc::Sender<Bytes>>,
-    writer: Option<JoinHandle<Result<Staged>>>,
+    queue: Option<mpsc::Sender<Item>>,
+    writer: Option<JoinHandle<Result<Finished>>>,
+    /// Resumable uploads only.
+    claim: Option<Claim>,
+    /// Non-resumable uploads only: removes the session when dropped.
+    _discard: Option<Discard>,
 }
 
 impl std::fmt::Debug for LocalUpload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalUpload")
+            .field("id", &self.id)
             .field("path", &self.path)
             .field("received", &self.received)
             .finish_non_exhaustive()
     }
 }
 
-/// Everything the writer produced: the staged file and its size.
-struct Staged {
+/// What the writer task hands back: the file, and the session's claim, so
+/// that a commit keeps the session until it is done with it.
+struct Finished {
     file: File,
-    temp_path: TempPath,
-    size: u64,
+    claim: Option<OwnedMutexGuard<()>>,
+}
+
+/// Removes a non-resumable upload's session when the upload goes away.
+#[derive(Debug)]
+struct Discard(SessionDir);
+
+impl Drop for Discard {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.remove() {
+            tracing::warn!(error = %e, "could not remove a discarded upload");
+        }
+    }
 }
 
 impl LocalUpload {
-    /// Checks for conflicts visible now, then creates the staged file.
+    /// Checks for conflicts visible now, then creates the session.
     pub(super) async fn start(inner: Arc<Inner>, path: StorePath, options: WriteOptions) -> Result<Self> {
         let (check_inner, check_path, mode) = (inner.clone(), path.clone(), options.mode);
-        let temp = blocking(move || {
-            check_target(&check_inner, &check_path, mode)?;
-            tempfile::Builder::new()
-                .prefix("upload-")
-                .suffix(".part")
-                .tempfile_in(&check_inner.staging_dir)
-                .map_err(|e| Error::io("creating a staged file", e))
-        })
-        .await?;
-        let (file, temp_path) = temp.into_parts();
-        let (queue, chunks) = mpsc::channel(WRITE_QUEUE);
-        let writer = tokio::spawn(write_chunks(chunks, file, temp_path));
-        Ok(Self {
-            inner,
-            path,
-            options,
-            received: 0,
-            hasher: sha2::Sha256::new(),
-            queue: Some(queue),
-            writer: Some(writer),
-        })
+        blocking(move || check_target(&check_inner, &check_path, mode)).await?;
+        let id = UploadId::random()?;
+        let session = SessionDir::new(&inner.uploads_dir, &id);
+        let journal = options.resumable.then(|| Journal::new(&path, &options));
+        let claim = match options.resumable {
+            true => Some(inner.sessions.claim(&id).await),
+            false => None,
+        };
+        let (create, journal_for_create) = (session.clone(), journal.clone());
+        let file = blocking(move || create.create(journal_for_create.as_ref())).await?;
+        let discard = (!options.resumable).then(|| Discard(session.clone()));
+        Ok(Self::spawn(inner, id, session, path, options, journal, file, sha2::Sha256::new(), 0, claim, discard))
     }
 
-    /// The writer's outcome (after the queue has been closed or refused data).
-    async fn finish_writer(&mut self) -> Result<Staged> {
+    /// Reopens a resumable session at its committed offset.
+    pub(super) async fn resume(inner: Arc<Inner>, id: UploadId, offset: u64) -> Result<Self> {
+        let claim = inner.sessions.claim(&id).await;
+        let session = SessionDir::new(&inner.uploads_dir, &id);
+        let (open, open_id) = (session.clone(), id.clone());
+        let opened = blocking(move || {
+            let not_found = || Error::UploadNotFound { id: open_id.to_string() };
+            let journal = open.read_journal()?.ok_or_else(not_found)?;
+            if offset != journal.committed {
+                return Err(Error::OffsetMismatch { id: open_id.to_string(), offset, committed: journal.committed });
+            }
+            let io = |e| Error::io("reopening an upload", e);
+            let mut file = std::fs::OpenOptions::new().write(true).open(open.data()).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => not_found(),
+                _ => io(e),
+            })?;
+            // Bytes past the journaled offset may be there (written, not yet
+            // journaled): they are not committed, and the client sends them again.
+            file.set_len(journal.committed).map_err(io)?;
+            file.seek(SeekFrom::End(0)).map_err(io)?;
+            Ok((journal, file))
+        })
+        .await;
+        let (journal, file) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                if matches!(e, Error::UploadNotFound { .. }) {
+                    inner.sessions.forget(&id);
+                }
+                return Err(e);
+            }
+        };
+        let (path, options) = journal.options()?;
+        let hasher = journal.hasher()?;
+        let committed = journal.committed;
+        Ok(Self::spawn(inner, id, session, path, options, Some(journal), file, hasher, committed, Some(claim), None))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn(
+        inner: Arc<Inner>,
+        id: UploadId,
+        session: SessionDir,
+        path: StorePath,
+        options: WriteOptions,
+        journal: Option<Journal>,
+        file: File,
+        hasher: sha2::Sha256,
+        committed: u64,
+        claim: Option<(OwnedMutexGuard<()>, Claim)>,
+        discard: Option<Discard>,
+    ) -> Self {
+        let (queue, items) = mpsc::channel(WRITE_QUEUE);
+        let (committed_tx, committed_rx) = watch::channel(committed);
+        let (guard, claim) = match claim {
+            Some((guard, claim)) => (Some(guard), Some(claim)),
+            None => (None, None),
+        };
+        let writer = Writer { session: session.clone(), journal, committed: Arc::new(committed_tx), claim: guard };
+        let writer = tokio::spawn(writer.run(items, file));
+        Self {
+            inner,
+            id,
+            session,
+            path,
+            options,
+            received: committed,
+            hasher,
+            last_checkpoint: committed,
+            committed: committed_rx,
+            queue: Some(queue),
+            writer: Some(writer),
+            claim,
+            _discard: discard,
+        }
+    }
+
+    fn check_claim(&self) -> Result<()> {
+        match &self.claim {
+            Some(claim) if !claim.is_current() => Err(Error::Preempted { id: self.id.to_string() }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn send(&mut self, item: Item) -> Result<()> {
+        let Some(queue) = &self.queue else {
+            return Err(Error::io("writing an upload", std::io::Error::other("upload already finished")));
+        };
+        if queue.send(item).await.is_err() {
+            // The writer stopped early: its error says why.
+            self.finish_writer().await?;
+            return Err(Error::io("writing an upload", std::io::Error::other("writer stopped")));
+        }
+        Ok(())
+    }
+
+    /// Closes the queue and waits for the writer (and its syncs) to finish.
+    async fn finish_writer(&mut self) -> Result<Finished> {
         self.queue = None;
         match self.writer.take() {
-            Some(handle) => handle.await.map_err(|e| Error::io("writing staged data", std::io::Error::other(e)))?,
-            None => Err(Error::io("writing staged data", std::io::Error::other("upload already finished"))),
+            Some(handle) => handle.await.map_err(|e| Error::io("writing an upload", std::io::Error::other(e)))?,
+            None => Err(Error::io("writing an upload", std::io::Error::other("upload already finished"))),
         }
+    }
+
+    fn checkpoint(&self, reply: Option<oneshot::Sender<Result<()>>>) -> Item {
+        Item::Checkpoint { offset: self.received, hash_state: encode_state(&self.hasher), reply }
     }
 }
 
@@ -126,69 +328,112 @@ fn check_target(inner: &Inner, path: &StorePath, mode: WriteMode) -> Result<()> 
     }
 }
 
-/// The writer task: write each chunk, in order, until the queue closes.
-///
-/// Every [`SYNC_INTERVAL`] bytes it also starts an `fdatasync` of the staged
-/// file on another thread (one at a time, never waited for by the writer).
-/// The kernel otherwise keeps a whole large upload dirty in memory until the
-/// commit's fsync, which then stalled the commit for ~0.3 s per GiB here;
-/// syncing as we go overlaps that write-back with the transfer.
-async fn write_chunks(mut chunks: mpsc::Receiver<Bytes>, file: File, temp_path: TempPath) -> Result<Staged> {
-    let (mut file, mut size) = (file, 0u64);
-    let mut unsynced = 0u64;
-    let mut syncing: Option<JoinHandle<Result<()>>> = None;
-    while let Some(data) = chunks.recv().await {
-        size += data.len() as u64;
-        unsynced += data.len() as u64;
-        file = blocking(move || {
-            file.write_all(&data).map_err(|e| Error::io("writing staged data", e))?;
-            Ok(file)
-        })
-        .await?;
-        if unsynced >= SYNC_INTERVAL && syncing.as_ref().is_none_or(|s| s.is_finished()) {
-            if let Some(previous) = syncing.take() {
-                join_sync(previous).await?;
-            }
-            let handle = file.try_clone().map_err(|e| Error::io("syncing staged data", e))?;
-            syncing = Some(tokio::task::spawn_blocking(move || {
-                handle.sync_data().map_err(|e| Error::io("syncing staged data", e))
-            }));
-            unsynced = 0;
-        }
-    }
-    if let Some(previous) = syncing {
-        join_sync(previous).await?;
-    }
-    Ok(Staged { file, temp_path, size })
+/// The writer task's state (the file itself moves in and out of blocking calls).
+struct Writer {
+    session: SessionDir,
+    /// Resumable uploads: the journal to update at each checkpoint.
+    journal: Option<Journal>,
+    committed: Arc<watch::Sender<u64>>,
+    /// The session is ours while this is held: until the task ends, or until
+    /// the commit that takes it over from the task is done.
+    claim: Option<OwnedMutexGuard<()>>,
 }
 
-/// A failed background sync fails the upload: after a failed fsync, Linux may
-/// have dropped the dirty pages, so the staged data can no longer be trusted.
-async fn join_sync(sync: JoinHandle<Result<()>>) -> Result<()> {
-    sync.await.map_err(|e| Error::io("syncing staged data", std::io::Error::other(e)))?
+impl Writer {
+    /// Writes each item in order until the queue closes; returns the file.
+    async fn run(mut self, mut items: mpsc::Receiver<Item>, mut file: File) -> Result<Finished> {
+        let mut in_flight: Option<JoinHandle<Result<()>>> = None;
+        while let Some(item) = items.recv().await {
+            match item {
+                Item::Data(data) => {
+                    file = blocking(move || {
+                        file.write_all(&data).map_err(|e| Error::io("writing an upload", e))?;
+                        Ok(file)
+                    })
+                    .await?;
+                }
+                // A background sync is still running: a later checkpoint will come.
+                Item::Checkpoint { reply: None, .. } if in_flight.as_ref().is_some_and(|t| !t.is_finished()) => {}
+                Item::Checkpoint { offset, hash_state, reply } => {
+                    if let Some(previous) = in_flight.take() {
+                        join(previous).await?;
+                    }
+                    let sync = self.checkpoint(&file, offset, hash_state)?;
+                    match reply {
+                        None => in_flight = Some(sync),
+                        Some(reply) => {
+                            let result = join(sync).await;
+                            let failed = result.is_err();
+                            let _ = reply.send(result);
+                            if failed {
+                                return Err(Error::io("syncing an upload", std::io::Error::other("sync failed")));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(previous) = in_flight {
+            join(previous).await?;
+        }
+        Ok(Finished { file, claim: self.claim.take() })
+    }
+
+    /// Starts making `offset` bytes durable: fdatasync, then the journal.
+    fn checkpoint(&self, file: &File, offset: u64, hash_state: String) -> Result<JoinHandle<Result<()>>> {
+        let handle = file.try_clone().map_err(|e| Error::io("syncing an upload", e))?;
+        let session = self.session.clone();
+        let journal = self.journal.clone().map(|mut journal| {
+            journal.committed = offset;
+            journal.hash_state = hash_state;
+            journal
+        });
+        let committed = self.committed.clone();
+        Ok(tokio::task::spawn_blocking(move || {
+            handle.sync_data().map_err(|e| Error::io("syncing an upload", e))?;
+            if let Some(journal) = journal {
+                session.write_journal(&journal)?;
+            }
+            committed.send_if_modified(|current| {
+                let advanced = offset > *current;
+                if advanced {
+                    *current = offset;
+                }
+                advanced
+            });
+            Ok(())
+        }))
+    }
+}
+
+/// A failed sync fails the upload: after a failed fsync, Linux may have
+/// dropped the dirty pages, so the data can no longer be trusted.
+async fn join(sync: JoinHandle<Result<()>>) -> Result<()> {
+    sync.await.map_err(|e| Error::io("syncing an upload", std::io::Error::other(e)))?
 }
 
 #[async_trait::async_trait]
 impl Upload for LocalUpload {
+    fn id(&self) -> &UploadId {
+        &self.id
+    }
+
     async fn write(&mut self, data: Bytes) -> Result<()> {
+        self.check_claim()?;
         let received = self.received + data.len() as u64;
         if let Some(declared) = self.options.size
             && received > declared
         {
             return Err(Error::SizeMismatch { declared, received });
         }
-        let Some(queue) = &self.queue else {
-            return Err(Error::io("writing staged data", std::io::Error::other("upload already finished")));
-        };
         self.hasher.update(&data);
-        if queue.send(data).await.is_err() {
-            // The writer stopped early: its error says why.
-            return match self.finish_writer().await {
-                Err(e) => Err(e),
-                Ok(_) => Err(Error::io("writing staged data", std::io::Error::other("writer stopped"))),
-            };
-        }
         self.received = received;
+        self.send(Item::Data(data)).await?;
+        if self.received - self.last_checkpoint >= SYNC_INTERVAL {
+            self.last_checkpoint = self.received;
+            let checkpoint = self.checkpoint(None);
+            self.send(checkpoint).await?;
+        }
         Ok(())
     }
 
@@ -196,27 +441,82 @@ impl Upload for LocalUpload {
         self.received
     }
 
-    async fn commit(mut self: Box<Self>, final_sha256: Option<Sha256>) -> Result<Metadata> {
-        let staged = self.finish_writer().await?;
-        let sha256 = Sha256::from(std::mem::take(&mut self.hasher));
-        if let Some(declared) = self.options.size
-            && staged.size != declared
-        {
-            return Err(Error::SizeMismatch { declared, received: staged.size });
+    fn declared_size(&self) -> Option<u64> {
+        self.options.size
+    }
+
+    fn committed(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
+    async fn sync(&mut self) -> Result<u64> {
+        self.check_claim()?;
+        let (reply, done) = oneshot::channel();
+        let checkpoint = self.checkpoint(Some(reply));
+        self.send(checkpoint).await?;
+        match done.await {
+            Ok(result) => result.map(|()| self.received),
+            Err(_) => {
+                self.finish_writer().await?;
+                Err(Error::io("syncing an upload", std::io::Error::other("writer stopped")))
+            }
         }
+    }
+
+    async fn preempted(&self) {
+        let Some(claim) = &self.claim else { return std::future::pending().await };
+        let mut takeover = claim.takeover.clone();
+        if takeover.wait_for(|generation| *generation != claim.generation).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    async fn commit(mut self: Box<Self>, final_sha256: Option<Sha256>) -> Result<Metadata> {
+        self.check_claim()?;
+        let Finished { file, claim } = self.finish_writer().await?;
+        self.check_claim()?;
+        let outcome = self.publish(file, final_sha256).await;
+        // Committed or not, the session is over: its data is in place, or it
+        // failed a check it can never pass. The claim is held until it is gone.
+        let (session, id, inner) = (self.session.clone(), self.id.clone(), self.inner.clone());
+        let removed = blocking(move || session.remove()).await;
+        drop(claim);
+        inner.sessions.forget(&id);
+        let meta = outcome?;
+        removed?;
+        Ok(meta)
+    }
+}
+
+impl LocalUpload {
+    async fn publish(&mut self, file: File, final_sha256: Option<Sha256>) -> Result<Metadata> {
+        let size = self.received;
+        if let Some(declared) = self.options.size
+            && size != declared
+        {
+            return Err(Error::SizeMismatch { declared, received: size });
+        }
+        let sha256 = Sha256::from(self.hasher.clone());
         for expected in [self.options.sha256, final_sha256].into_iter().flatten() {
             if expected != sha256 {
                 return Err(Error::DigestMismatch { expected, actual: sha256 });
             }
         }
-        let LocalUpload { inner, path, options, .. } = *self;
-        blocking(move || publish(&inner, path, &options, staged, sha256)).await
+        let (inner, path, options, data) =
+            (self.inner.clone(), self.path.clone(), self.options.clone(), self.session.data());
+        blocking(move || publish(&inner, path, &options, file, &data, sha256)).await
     }
 }
 
 /// Makes the staged file durable and renames it into place.
-fn publish(inner: &Inner, path: StorePath, options: &WriteOptions, staged: Staged, sha256: Sha256) -> Result<Metadata> {
-    let Staged { file, temp_path, .. } = staged;
+fn publish(
+    inner: &Inner,
+    path: StorePath,
+    options: &WriteOptions,
+    file: File,
+    data: &std::path::Path,
+    sha256: Sha256,
+) -> Result<Metadata> {
     let permissions = options.permissions.unwrap_or(DEFAULT_PERMISSIONS) & 0o777 | 0o400;
     fs::fchmod(&file, Mode::from_raw_mode(permissions)).map_err(|e| Error::io("setting permissions", e.into()))?;
     if let Some(mtime) = options.mtime {
@@ -231,8 +531,8 @@ fn publish(inner: &Inner, path: StorePath, options: &WriteOptions, staged: Stage
     let (parents, name) = path.split_last();
     let parent = resolve::open_dir_creating(inner.root.as_fd(), &parents, &path)?;
     let renamed = match options.mode {
-        WriteMode::Overwrite => fs::renameat(fs::CWD, &*temp_path, &parent, name),
-        WriteMode::CreateOnly => fs::renameat_with(fs::CWD, &*temp_path, &parent, name, fs::RenameFlags::NOREPLACE),
+        WriteMode::Overwrite => fs::renameat(fs::CWD, data, &parent, name),
+        WriteMode::CreateOnly => fs::renameat_with(fs::CWD, data, &parent, name, fs::RenameFlags::NOREPLACE),
     };
     renamed.map_err(|errno| match errno {
         Errno::EXIST if options.mode == WriteMode::CreateOnly => {
@@ -241,13 +541,70 @@ fn publish(inner: &Inner, path: StorePath, options: &WriteOptions, staged: Stage
         Errno::ISDIR | Errno::EXIST | Errno::NOTEMPTY => Error::IsDirectory { path: path.as_str().to_owned() },
         other => resolve::classify(parent.as_fd(), name, other, &path, Purpose::Write, "publishing an upload"),
     })?;
-    // The data now lives at its path: the staged name must not be deleted.
-    let _published = temp_path.keep();
     fs::fsync(&parent).map_err(|e| Error::io("syncing the parent directory", e.into()))?;
     Ok(resolve::metadata(path, EntryKind::File, &st, Some(sha256)))
 }
 
-fn to_timespec(time: std::time::SystemTime) -> Timespec {
+/// The journaled state of a resumable upload.
+pub(super) async fn status(inner: Arc<Inner>, id: UploadId) -> Result<UploadStatus> {
+    blocking(move || {
+        let session = SessionDir::new(&inner.uploads_dir, &id);
+        let journal = session.read_journal()?.ok_or_else(|| Error::UploadNotFound { id: id.to_string() })?;
+        let (path, options) = journal.options()?;
+        Ok(UploadStatus { id, path, committed: journal.committed, size: options.size })
+    })
+    .await
+}
+
+/// Discards a resumable upload, taking it over from any stream first.
+pub(super) async fn abort(inner: Arc<Inner>, id: UploadId) -> Result<()> {
+    let (guard, _claim) = inner.sessions.claim(&id).await;
+    let session = SessionDir::new(&inner.uploads_dir, &id);
+    let removal_id = id.clone();
+    let removed = blocking(move || {
+        if session.read_journal()?.is_none() {
+            return Err(Error::UploadNotFound { id: removal_id.to_string() });
+        }
+        session.remove()
+    })
+    .await;
+    drop(guard);
+    inner.sessions.forget(&id);
+    removed
+}
+
+/// Removes resumable sessions idle for longer than `idle` and not owned by a
+/// live stream.
+pub(super) async fn expire(inner: Arc<Inner>, idle: Duration) -> Result<usize> {
+    let scan_inner = inner.clone();
+    let stale: Vec<UploadId> = blocking(move || {
+        let now = SystemTime::now();
+        let entries = std::fs::read_dir(&scan_inner.uploads_dir).map_err(|e| Error::io("listing uploads", e))?;
+        Ok(entries
+            .flatten()
+            .filter_map(|entry| UploadId::parse(entry.file_name().to_str()?).ok())
+            .filter(|id| {
+                let last = SessionDir::new(&scan_inner.uploads_dir, id).last_activity();
+                // No journal: a live non-resumable upload (or debris recovery removes).
+                last.is_some_and(|last| now.duration_since(last).unwrap_or_default() > idle)
+            })
+            .collect())
+    })
+    .await?;
+    let mut removed = 0;
+    for id in stale {
+        let Some(guard) = inner.sessions.hold_idle(&id) else { continue };
+        let session = SessionDir::new(&inner.uploads_dir, &id);
+        blocking(move || session.remove()).await?;
+        drop(guard);
+        inner.sessions.forget(&id);
+        tracing::info!(upload = %id, "expired an abandoned upload");
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+fn to_timespec(time: SystemTime) -> Timespec {
     match time.duration_since(UNIX_EPOCH) {
         Ok(after) => Timespec { tv_sec: after.as_secs() as i64, tv_nsec: i64::from(after.subsec_nanos()) },
         Err(before) => {
