@@ -88,6 +88,10 @@ pub struct PutArgs {
     /// Fail if the remote file exists instead of replacing it.
     #[arg(long)]
     pub no_clobber: bool,
+    /// Upload in one stream: no session, no automatic retry, and nothing kept
+    /// on the server if it fails. (Stdin is always uploaded this way.)
+    #[arg(long)]
+    pub no_resume: bool,
 }
 
 #[derive(Debug, Args)]

@@ -42,7 +42,7 @@ const EXIT_UNAVAILABLE: i32 = 6;
 /// A `ferry` command whose behaviour cannot depend on the caller's environment.
 fn ferry_command() -> Command {
     let mut command = Command::new(FERRY);
-    for var in ["FERRY_SERVER", "FERRY_LISTEN", "FERRY_ROOT", "RUST_LOG"] {
+    for var in ["FERRY_SERVER", "FERRY_LISTEN", "FERRY_ROOT", "FERRY_STATE_DIR", "RUST_LOG"] {
         command.env_remove(var);
     }
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -141,7 +141,8 @@ impl Drop for TestServer {
 /// `FERRY_SERVER`, not yet started.
 fn client_command(server: &TestServer, args: &[&str]) -> Command {
     let mut command = ferry_command();
-    command.args(args).env("FERRY_SERVER", &server.url);
+    // Remembered upload sessions go to the test's directory, not the user's.
+    command.args(args).env("FERRY_SERVER", &server.url).env("FERRY_STATE_DIR", server.dir.path().join("state"));
     command
 }
 
@@ -460,6 +461,51 @@ fn server_peak_rss_kib(server: &TestServer) -> u64 {
     let status = fs::read_to_string(format!("/proc/{}/status", server.child.id())).expect("read /proc/PID/status");
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM line");
     line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmHWM value")
+}
+
+/// `ferry put` killed mid-upload and run again continues where the server's
+/// committed offset is, instead of starting over.
+#[test]
+fn put_resumes_after_the_cli_itself_was_killed() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().expect("create a work directory");
+    let data = random_bytes(320 * MIB, 320);
+    let local = work.path().join("big.bin");
+    fs::write(&local, &data).expect("write the local file");
+
+    let mut first = client_command(&server, &["put", "-q", utf8(&local), "big.bin"]).spawn().expect("spawn put");
+    // Kill it once the server has made some of it durable (one checkpoint).
+    let deadline = Instant::now() + TIMEOUT;
+    while committed_in_journal(&server) < 32 * MIB as u64 {
+        assert!(first.try_wait().expect("poll put").is_none(), "the upload finished before it could be killed");
+        assert!(Instant::now() < deadline, "no checkpoint within {TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill().expect("SIGKILL ferry put");
+    let _ = first.wait();
+    assert!(!server.stored("big.bin").exists(), "nothing visible before the upload completes");
+
+    let second = ferry(&server, &["put", utf8(&local), "big.bin"]);
+    assert_exit(&second, 0);
+    let stderr = text(&second.stderr);
+    let resumed_at: u64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("resuming upload ").and_then(|rest| rest.rsplit(' ').next()?.parse().ok()))
+        .unwrap_or_else(|| panic!("the second put did not resume: {stderr}"));
+    assert!(resumed_at >= 32 * MIB as u64, "resumed at byte {resumed_at}");
+    assert_same_bytes(&fs::read(server.stored("big.bin")).expect("stored file"), &data, "resumed upload");
+    assert_eq!(dir_entries(&server.dir.path().join("state")), Vec::<String>::new(), "the session is forgotten");
+}
+
+/// The largest committed offset in any upload journal on the server.
+fn committed_in_journal(server: &TestServer) -> u64 {
+    let Ok(sessions) = fs::read_dir(server.root.join(".ferry/uploads")) else { return 0 };
+    sessions
+        .flatten()
+        .filter_map(|s| fs::read(s.path().join("journal.json")).ok())
+        .filter_map(|j| serde_json::from_slice::<Value>(&j).ok()?.get("committed")?.as_u64())
+        .max()
+        .unwrap_or(0)
 }
 
 /// A failed download never leaves a partial file, under the target's name or

@@ -22,11 +22,13 @@ use tonic::transport::{Channel, Endpoint};
 
 mod download;
 mod error;
+mod resume;
 mod types;
 mod upload;
 
 pub use error::Error;
 pub use ferry_proto::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};
+pub use resume::{RetryPolicy, UploadState, committed_offset};
 pub use tonic::Code;
 pub use types::{Range, RemoteFile, UploadOptions};
 

@@ -3,11 +3,12 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use ferry_client::UploadOptions;
+use ferry_client::{Client, Code, RetryPolicy, UploadOptions};
 
 use super::{connect, interruptible, local_file_name};
 use crate::cli::PutArgs;
 use crate::output::progress_bar;
+use crate::sessions::Remembered;
 
 pub async fn run(server: &str, args: PutArgs) -> anyhow::Result<()> {
     let from_stdin = args.local == Path::new("-");
@@ -27,8 +28,11 @@ pub async fn run(server: &str, args: PutArgs) -> anyhow::Result<()> {
             std::fs::metadata(&args.local).with_context(|| format!("cannot read {}", args.local.display()))?.len();
         let bar = progress_bar(Some(size), args.transfer.quiet);
         let shown = bar.clone();
-        let file =
-            interruptible(client.upload_file(&args.local, &remote, options, move |n| shown.set_position(n))).await;
+        let file = if args.no_resume {
+            interruptible(client.upload_file(&args.local, &remote, options, move |n| shown.set_position(n))).await
+        } else {
+            resumable(&client, server, &args, &remote, options, move |n| shown.set_position(n)).await
+        };
         bar.finish_and_clear();
         file?
     };
@@ -36,6 +40,67 @@ pub async fn run(server: &str, args: PutArgs) -> anyhow::Result<()> {
         eprintln!("uploaded {} ({} bytes, sha256 {})", file.path, file.size, file.sha256.unwrap_or_default());
     }
     Ok(())
+}
+
+/// Uploads through a session: continues the remembered one if the server
+/// still has it, retries transient failures, and forgets the session once
+/// the file is stored. `progress` gets server-confirmed bytes.
+async fn resumable(
+    client: &Client,
+    server: &str,
+    args: &PutArgs,
+    remote: &str,
+    options: UploadOptions,
+    progress: impl Fn(u64) + Send + Sync + 'static,
+) -> anyhow::Result<ferry_client::RemoteFile> {
+    let remembered = Remembered::for_upload(server, remote, &args.local)?;
+    let resumed = match remembered.load() {
+        Some(id) => match client.query_upload(&id).await {
+            Ok(state) if state.path == remote => Some((id, state.committed)),
+            _ => None,
+        },
+        None => None,
+    };
+    let id = match resumed {
+        Some((id, committed)) => {
+            if !args.transfer.quiet {
+                eprintln!("resuming upload {id} at byte {committed}");
+            }
+            id
+        }
+        None => {
+            let meta =
+                std::fs::metadata(&args.local).with_context(|| format!("cannot read {}", args.local.display()))?;
+            let options = client_options_for(&meta, options);
+            let id = client.create_upload(remote, &options).await?;
+            remembered.save(&id);
+            id
+        }
+    };
+    let result = interruptible(client.upload_file_resumable(&args.local, &id, &RetryPolicy::default(), progress)).await;
+    match &result {
+        Ok(_) => remembered.forget(),
+        // The session is gone (finished, expired or refused): nothing to resume.
+        Err(e)
+            if e.downcast_ref::<ferry_client::Error>().and_then(ferry_client::Error::code) == Some(Code::NotFound) =>
+        {
+            remembered.forget()
+        }
+        Err(_) => {}
+    }
+    result
+}
+
+/// What a session declares for a local file: its size, mtime and permissions.
+fn client_options_for(meta: &std::fs::Metadata, mut options: UploadOptions) -> UploadOptions {
+    options.size = Some(meta.len());
+    options.mtime = meta.modified().ok();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        options.permissions = Some(meta.permissions().mode() & 0o777);
+    }
+    options
 }
 
 /// REMOTE as given, the local name inside a REMOTE ending in `/`, or the local name.

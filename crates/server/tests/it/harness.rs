@@ -73,6 +73,11 @@ impl TestServer {
         self.serve().await;
     }
 
+    /// The address the server listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.url.trim_start_matches("http://").parse().expect("server address")
+    }
+
     pub async fn client(&self) -> Client {
         Client::connect(&self.url).await.expect("connect")
     }

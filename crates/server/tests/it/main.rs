@@ -8,7 +8,9 @@
 mod harness;
 
 mod atomicity;
+mod faults;
 mod hostile;
 mod objects;
+mod proxy;
 mod resume;
 mod transfer;
