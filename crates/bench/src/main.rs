@@ -19,6 +19,7 @@ use clap::Parser;
 use ferry_client::{Client, ClientOptions, Range, UploadOptions};
 
 mod raw;
+mod recovery;
 mod report;
 mod server;
 mod stats;
@@ -67,10 +68,17 @@ struct Args {
     /// Keep the work directory (test file, server root and log) afterwards.
     #[arg(long)]
     keep: bool,
+    /// Instead of transfers: time the store's start-up recovery with this
+    /// many abandoned resumable sessions (each with journaled and unjournaled
+    /// bytes to truncate).
+    #[arg(long)]
+    recovery_sessions: Option<usize>,
 }
 
 /// Where the test file goes on the server.
 const REMOTE_PATH: &str = "bench/test-file.bin";
+/// Where the resumable upload goes.
+const RESUMABLE_PATH: &str = "bench/resumable.bin";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -92,8 +100,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let ferry = ferry_binary(args.ferry.as_deref())?;
     let base = args.dir.clone().unwrap_or_else(default_work_base);
+    if let Some(sessions) = args.recovery_sessions {
+        return recovery::run(&base, sessions, args.runs).await;
+    }
+    let ferry = ferry_binary(args.ferry.as_deref())?;
     // Declared before the server, so dropped after it: the server is killed
     // before its root is removed, on success and error alike.
     let (work, filesystem) = WorkDir::create(&base, args.size, args.keep)?;
@@ -118,7 +129,7 @@ async fn run(args: Args) -> Result<()> {
         raw_copy: work.join("raw-copy.bin"),
         download_copy: work.join("download.bin"),
     };
-    let [raw, raw_sha256, upload, download] = bench.run_all(args.runs).await?;
+    let [raw, raw_sha256, upload, resumable, download] = bench.run_all(args.runs).await?;
     // Peaks over the whole run, read while the server is still alive.
     let memory = Memory {
         server_peak_kib: system::peak_rss_kib(bench.server)?,
@@ -137,7 +148,7 @@ async fn run(args: Args) -> Result<()> {
         chunk_size: args.chunk_size,
         server_chunk_size: args.server_chunk_size,
     };
-    let report = Report { setup, raw, raw_sha256, upload, download, memory };
+    let report = Report { setup, raw, raw_sha256, upload, resumable, download, memory };
     report.print_table();
     if args.json {
         println!("{}", report.to_json());
@@ -182,10 +193,11 @@ struct Bench {
 impl Bench {
     /// `runs` rounds of raw, raw + SHA-256, upload, download; every transfer
     /// writes a new file, so each round cleans up after itself.
-    async fn run_all(&self, runs: u64) -> Result<[Series; 4]> {
+    async fn run_all(&self, runs: u64) -> Result<[Series; 5]> {
         let mut raw = Series::new("raw TCP copy");
         let mut raw_sha256 = Series::new("raw + SHA-256 x2");
         let mut upload = Series::new("ferry upload");
+        let mut resumable = Series::new("ferry up, resumable");
         let mut download = Series::new("ferry download");
         for round in 1..=runs {
             let label = |series: &Series| format!("run {round}/{runs} {}", series.name);
@@ -194,12 +206,14 @@ impl Bench {
             raw_sha256.samples.push(self.timed(&label(&raw_sha256), self.raw_copy(true)).await?);
             tokio::fs::remove_file(&self.raw_copy).await.context("cannot remove the raw copy")?;
 
+            resumable.samples.push(self.timed(&label(&resumable), self.upload_resumable()).await?);
+            self.client.delete(RESUMABLE_PATH).await.context("cannot delete the resumable upload")?;
             upload.samples.push(self.timed(&label(&upload), self.upload()).await?);
             // The download reads back the file just uploaded (its digest is cached by the upload).
             download.samples.push(self.timed(&label(&download), self.download()).await?);
             self.remove_transferred_copies().await?;
         }
-        Ok([raw, raw_sha256, upload, download])
+        Ok([raw, raw_sha256, upload, resumable, download])
     }
 
     /// Warm-up, then one transfer, with the CPU time and page faults of both
@@ -240,6 +254,19 @@ impl Bench {
     async fn upload(&self) -> Result<Duration> {
         let start = Instant::now();
         let file = self.client.upload_file(&self.test_file, REMOTE_PATH, UploadOptions::default(), |_| {}).await?;
+        let elapsed = start.elapsed();
+        ensure!(file.size == self.size, "the server stored {} of {} bytes", file.size, self.size);
+        Ok(elapsed)
+    }
+
+    /// Resumable upload: a session, the bidirectional stream, a journaled
+    /// checkpoint (fdatasync + journal) every 32 MiB; up to the server's reply.
+    async fn upload_resumable(&self) -> Result<Duration> {
+        let start = Instant::now();
+        let options = UploadOptions { size: Some(self.size), ..UploadOptions::default() };
+        let id = self.client.create_upload(RESUMABLE_PATH, &options).await?;
+        let policy = ferry_client::RetryPolicy::default();
+        let file = self.client.upload_file_resumable(&self.test_file, &id, &policy, |_| {}).await?;
         let elapsed = start.elapsed();
         ensure!(file.size == self.size, "the server stored {} of {} bytes", file.size, self.size);
         Ok(elapsed)

@@ -36,6 +36,8 @@ pub struct Report {
     /// The raw copy with SHA-256 on both ends: the ceiling for a verified transfer.
     pub raw_sha256: Series,
     pub upload: Series,
+    /// The same upload through a resumable session.
+    pub resumable: Series,
     pub download: Series,
     pub memory: Memory,
 }
@@ -57,7 +59,10 @@ impl Report {
         println!("  work dir   {} ({})", setup.work_dir.display(), setup.filesystem);
         println!("  ferry      {}", setup.ferry.display());
         println!("  file       {}, pseudo-random (incompressible)", describe_size(setup.size));
-        println!("  runs       {} of each, interleaved: raw, raw + SHA-256, upload, download, raw, ...", setup.runs);
+        println!(
+            "  runs       {} of each, interleaved: raw, raw + SHA-256, resumable upload, upload, download, raw, ...",
+            setup.runs
+        );
         println!("  warm-up    before every run, a scratch file of the same size is written, fsynced and deleted");
         println!(
             "  chunks     client (upload) {} bytes, server (download) {} bytes",
@@ -73,12 +78,12 @@ impl Report {
             "{:<16} {:>11} {:>8} {:>8} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9}",
             "transfer", "median", "min", "max", "", "+SHA", "s", "bench", "server", "bench", "server"
         );
-        for series in [&self.raw, &self.raw_sha256, &self.upload, &self.download] {
+        for series in [&self.raw, &self.raw_sha256, &self.upload, &self.resumable, &self.download] {
             self.print_row(series);
         }
         println!();
         println!("per run, MB/s in run order:");
-        for series in [&self.raw, &self.raw_sha256, &self.upload, &self.download] {
+        for series in [&self.raw, &self.raw_sha256, &self.upload, &self.resumable, &self.download] {
             let rates: Vec<String> = series.rates(setup.size).iter().map(|r| format!("{r:>8.1}")).collect();
             println!("  {:<16}{}", series.name, rates.join(" "));
         }
@@ -139,6 +144,7 @@ impl Report {
             "raw": series(&self.raw),
             "raw_sha256": series(&self.raw_sha256),
             "upload": series(&self.upload),
+            "upload_resumable": series(&self.resumable),
             "download": series(&self.download),
             "server_peak_rss_mib": round(kib_to_mib(self.memory.server_peak_kib), 1),
             "bench_peak_rss_mib": round(kib_to_mib(self.memory.bench_peak_kib), 1),

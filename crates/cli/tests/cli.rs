@@ -497,13 +497,19 @@ fn put_resumes_after_the_cli_itself_was_killed() {
     assert_eq!(dir_entries(&server.dir.path().join("state")), Vec::<String>::new(), "the session is forgotten");
 }
 
-/// The largest committed offset in any upload journal on the server.
+/// The largest committed offset in any upload journal on the server. A
+/// journal holds two 4 KiB slots, each a little-endian u32 length and a JSON
+/// record (then its digest); a slot being rewritten may not parse.
 fn committed_in_journal(server: &TestServer) -> u64 {
     let Ok(sessions) = fs::read_dir(server.root.join(".ferry/uploads")) else { return 0 };
+    let record = |slot: &[u8]| -> Option<u64> {
+        let len = u32::from_le_bytes(slot.get(..4)?.try_into().ok()?) as usize;
+        serde_json::from_slice::<Value>(slot.get(4..4 + len)?).ok()?.get("committed")?.as_u64()
+    };
     sessions
         .flatten()
-        .filter_map(|s| fs::read(s.path().join("journal.json")).ok())
-        .filter_map(|j| serde_json::from_slice::<Value>(&j).ok()?.get("committed")?.as_u64())
+        .filter_map(|s| fs::read(s.path().join("journal")).ok())
+        .flat_map(|journal| journal.chunks(4096).filter_map(record).collect::<Vec<_>>())
         .max()
         .unwrap_or(0)
 }

@@ -380,13 +380,14 @@ impl Writer {
     }
 
     /// Starts making `offset` bytes durable: fdatasync, then the journal.
-    fn checkpoint(&self, file: &File, offset: u64, hash_state: String) -> Result<JoinHandle<Result<()>>> {
+    fn checkpoint(&mut self, file: &File, offset: u64, hash_state: String) -> Result<JoinHandle<Result<()>>> {
         let handle = file.try_clone().map_err(|e| Error::io("syncing an upload", e))?;
         let session = self.session.clone();
-        let journal = self.journal.clone().map(|mut journal| {
+        let journal = self.journal.as_mut().map(|journal| {
+            journal.seq += 1;
             journal.committed = offset;
             journal.hash_state = hash_state;
-            journal
+            journal.clone()
         });
         let committed = self.committed.clone();
         Ok(tokio::task::spawn_blocking(move || {
