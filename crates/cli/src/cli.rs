@@ -112,6 +112,10 @@ pub struct GetArgs {
     /// Bytes to download (to the end if not given).
     #[arg(long)]
     pub length: Option<u64>,
+    /// Do not keep a partial download for a later run (`.NAME.*.ferry-part`
+    /// beside the target) and do not retry: a failure removes what arrived.
+    #[arg(long)]
+    pub no_resume: bool,
 }
 
 #[derive(Debug, Args)]

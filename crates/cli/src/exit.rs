@@ -40,7 +40,7 @@ pub fn code_for(error: &anyhow::Error) -> ExitCode {
 
 fn is_broken_pipe(cause: &(dyn std::error::Error + 'static)) -> bool {
     let io = match cause.downcast_ref::<ClientError>() {
-        Some(ClientError::Io { source, .. }) => Some(source),
+        Some(ClientError::Io { cause, .. }) => Some(cause),
         _ => cause.downcast_ref::<std::io::Error>(),
     };
     io.is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)

@@ -497,6 +497,64 @@ fn put_resumes_after_the_cli_itself_was_killed() {
     assert_eq!(dir_entries(&server.dir.path().join("state")), Vec::<String>::new(), "the session is forgotten");
 }
 
+/// `ferry get` killed mid-download and run again continues from the partial
+/// file it left beside the target, verifies the whole, and cleans up.
+#[test]
+fn get_resumes_after_the_cli_itself_was_killed() {
+    let server = TestServer::start();
+    let data = random_bytes(320 * MIB, 321);
+    fs::write(server.stored("big.bin"), &data).expect("write the remote file");
+    // An upload-like first read caches the digest, as for any file ferry stored.
+    assert_exit(&ferry(&server, &["stat", "big.bin"]), 0);
+    assert_exit(
+        &run({
+            let mut c = client_command(&server, &["get", "-q", "big.bin", "-"]);
+            c.stdout(Stdio::null());
+            c
+        }),
+        0,
+    );
+
+    let work = tempfile::tempdir().expect("create a work directory");
+    let target = work.path().join("copy.bin");
+    let mut first = client_command(&server, &["get", "-q", "big.bin", utf8(&target)]).spawn().expect("spawn get");
+    let deadline = Instant::now() + TIMEOUT;
+    while part_file_len(work.path()) < 64 * MIB as u64 {
+        assert!(first.try_wait().expect("poll get").is_none(), "the download finished before it could be killed");
+        assert!(Instant::now() < deadline, "the partial download never grew");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill().expect("SIGKILL ferry get");
+    let _ = first.wait();
+    assert!(!target.exists(), "nothing under the target name before the download is verified");
+
+    let second = ferry(&server, &["get", "big.bin", utf8(&target)]);
+    assert_exit(&second, 0);
+    let stderr = text(&second.stderr);
+    let resumed_at: u64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("resuming download at byte ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the second get did not resume: {stderr}"));
+    assert!(resumed_at >= 64 * MIB as u64, "resumed at byte {resumed_at}");
+    assert_same_bytes(&fs::read(&target).expect("downloaded file"), &data, "resumed download");
+    assert_eq!(dir_entries(work.path()), vec!["copy.bin".to_owned()], "the partial file is gone");
+}
+
+/// The size of the `.NAME.*.ferry-part` file in `dir`, if any.
+fn part_file_len(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".ferry-part"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
 /// The largest committed offset in any upload journal on the server. A
 /// journal holds two 4 KiB slots, each a little-endian u32 length and a JSON
 /// record (then its digest); a slot being rewritten may not parse.

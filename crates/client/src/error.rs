@@ -15,8 +15,10 @@ pub enum Error {
     /// The server (or the transport) answered with an error status.
     #[error("{}", describe_status(.0))]
     Status(tonic::Status),
-    #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    /// A local I/O error. (`cause` rather than `source`: the message already
+    /// includes it, and a source would make callers print it twice.)
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: std::io::Error },
     #[error("{0} already exists (use --force to replace it)")]
     LocalExists(PathBuf),
     /// The bytes received do not hash to the digest the server declared.
@@ -43,8 +45,8 @@ impl Error {
         Self::Connect { url: url.to_owned(), reason: innermost.to_string() }
     }
 
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { context: context.into(), source }
+    pub(crate) fn io(context: impl Into<String>, cause: std::io::Error) -> Self {
+        Self::Io { context: context.into(), cause }
     }
 
     /// The gRPC code, when the error is a status from the server.

@@ -287,7 +287,10 @@ impl Snapshots {
 }
 
 /// The hasher after the first `offset` bytes of the local file.
-fn hash_prefix(local: &Path, offset: u64) -> Result<sha2::Sha256> {
+pub(crate) fn hash_prefix(local: &Path, offset: u64) -> Result<sha2::Sha256> {
+    if offset == 0 {
+        return Ok(sha2::Sha256::new());
+    }
     let context = || format!("cannot read {}", local.display());
     let file = std::fs::File::open(local).map_err(|e| Error::io(context(), e))?;
     let mut hasher = sha2::Sha256::new();
@@ -313,7 +316,7 @@ impl std::io::Write for HashWriter<'_> {
 
 /// Failures a retry can cure: the connection, the server's availability, a
 /// stream preempted or cut short. Not: bad input, missing sessions, refusals.
-fn is_transient(error: &Error) -> bool {
+pub(crate) fn is_transient(error: &Error) -> bool {
     match error {
         Error::Connect { .. } => true,
         Error::Status(status) => {
@@ -333,7 +336,7 @@ fn is_transient(error: &Error) -> bool {
 }
 
 /// Exponential backoff with jitter: half the step, plus up to another half.
-fn backoff(policy: &RetryPolicy, failures: u32) -> Duration {
+pub(crate) fn backoff(policy: &RetryPolicy, failures: u32) -> Duration {
     let step = policy.initial_backoff.saturating_mul(1 << failures.min(16)).min(policy.max_backoff);
     let jitter = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) % 1000;
     step / 2 + step / 2 * jitter / 1000

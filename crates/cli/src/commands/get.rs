@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ferry_client::Range;
+use ferry_client::{Range, RetryPolicy};
 
 use super::{connect, interruptible, remote_file_name};
 use crate::cli::GetArgs;
@@ -28,7 +28,21 @@ pub async fn run(server: &str, args: GetArgs) -> anyhow::Result<()> {
         }
         local => {
             let target = target_path(&args.remote, local)?;
-            interruptible(client.download_file(&args.remote, range, &target, args.force, progress)).await
+            let whole = args.offset == 0 && args.length.is_none();
+            if whole && !args.no_resume {
+                let quiet = args.transfer.quiet;
+                let on_resume = move |at: u64| {
+                    if !quiet {
+                        eprintln!("resuming download at byte {at}");
+                    }
+                };
+                let policy = RetryPolicy::default();
+                let download =
+                    client.download_file_resumable(&args.remote, &target, args.force, &policy, on_resume, progress);
+                interruptible(download).await
+            } else {
+                interruptible(client.download_file(&args.remote, range, &target, args.force, progress)).await
+            }
         }
     };
     bar.finish_and_clear();
