@@ -109,11 +109,7 @@ impl Client {
         if !overwrite && local.symlink_metadata().is_ok() {
             return Err(Error::LocalExists(local.to_owned()));
         }
-        let dir = match local.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        let name = local.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let (dir, name) = target_parts(local);
         let temp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".ferry-part")
@@ -123,29 +119,12 @@ impl Client {
         let (file, temp_path) = temp.into_parts();
         let (info, file) = self.download(remote, range, file, progress).await?;
 
-        let (local, dir, info_for_task) = (local.to_owned(), dir.to_owned(), info.clone());
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            let context = || format!("cannot finish writing {}", local.display());
-            if let Some(mtime) = info_for_task.mtime {
-                file.set_modified(mtime).map_err(|e| Error::io(context(), e))?;
-            }
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::Permissions::from_mode(info_for_task.permissions & 0o777 | 0o600);
-                file.set_permissions(mode).map_err(|e| Error::io(context(), e))?;
-            }
-            file.sync_all().map_err(|e| Error::io(context(), e))?;
-            let persisted = if overwrite { temp_path.persist(&local) } else { temp_path.persist_noclobber(&local) };
-            persisted.map_err(|e| match e.error.kind() {
-                std::io::ErrorKind::AlreadyExists => Error::LocalExists(local.clone()),
-                _ => Error::io(context(), e.error),
-            })?;
-            // Make the new name durable too.
-            if let Ok(dir) = std::fs::File::open(&dir) {
-                let _ = dir.sync_all();
-            }
-            Ok(())
+        let (local, meta) = (local.to_owned(), info.clone());
+        tokio::task::spawn_blocking(move || {
+            finish_local(file, &temp_path, &local, &meta, overwrite)?;
+            // Moved to its name: nothing left for the guard to remove.
+            let _ = temp_path.keep();
+            Ok::<_, Error>(())
         })
         .await
         .map_err(|e| Error::Protocol(format!("write task failed: {e}")))??;
