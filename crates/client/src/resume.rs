@@ -234,7 +234,8 @@ async fn send_from(
         hasher.update(&buf);
         sent += buf.len() as u64;
         snapshots.record(sent, &hasher);
-        let chunk = UploadSessionRequest { kind: Some(Kind::Chunk(Chunk { data: buf.into() })) };
+        let crc32c = Some(crc32c::crc32c(&buf));
+        let chunk = UploadSessionRequest { kind: Some(Kind::Chunk(Chunk { data: buf.into(), crc32c })) };
         if tx.send(chunk).await.is_err() {
             return Ok(()); // the server answered; the reply says why
         }

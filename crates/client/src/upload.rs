@@ -149,7 +149,8 @@ async fn send_chunks<R: Read + Send + 'static>(
         let data = bytes::Bytes::from(buf);
         sent += data.len() as u64;
         hasher.update(&data);
-        if tx.send(UploadRequest { kind: Some(Kind::Chunk(Chunk { data })) }).await.is_err() {
+        let crc32c = Some(crc32c::crc32c(&data));
+        if tx.send(UploadRequest { kind: Some(Kind::Chunk(Chunk { data, crc32c })) }).await.is_err() {
             // The server already answered (refused the upload); the call says why.
             return Ok(String::new());
         }

@@ -26,7 +26,7 @@ pub(super) async fn download(
 
     let info = DownloadResponse { kind: Some(Kind::Info(convert::file_info(&download.meta))) };
     let chunks = download.body.map(move |read| match read {
-        Ok(data) => Ok(DownloadResponse { kind: Some(Kind::Chunk(Chunk { data })) }),
+        Ok(data) => Ok(DownloadResponse { kind: Some(Kind::Chunk(Chunk { data, crc32c: None })) }),
         Err(e) => Err(ServiceError::from(e).into_status(request_id)),
     });
     Ok(Box::pin(tokio_stream::once(Ok(info)).chain(chunks)))

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
+use tracing::Instrument;
 
 use super::upload::{Incoming, next_message, receive, write_options};
 use super::{ResponseStream, parse_path};
@@ -78,12 +79,12 @@ pub(super) async fn session(
     let mut upload = store.resume_upload(&UploadId::parse(&start.upload_id)?, start.offset).await?;
 
     let (tx, rx) = mpsc::channel(ACK_QUEUE);
+    // The stream outlives this call: it runs in its own task, in the call's span.
     let span = tracing::Span::current();
-    tokio::spawn(async move {
-        let _entered = span.enter();
+    let task = async move {
         let incoming = messages.map(|message| {
             message.map(|kind| match kind {
-                Some(Kind::Chunk(chunk)) => Incoming::Chunk(chunk.data),
+                Some(Kind::Chunk(chunk)) => Incoming::Chunk(chunk.data, chunk.crc32c),
                 Some(Kind::Finish(finish)) => Incoming::Finish(finish.sha256),
                 Some(Kind::Start(_)) => Incoming::Unexpected("a second start message arrived"),
                 None => Incoming::Unexpected("an upload message carried no start, chunk or finish"),
@@ -109,6 +110,7 @@ pub(super) async fn session(
             Err(e) => Err(e.into_status(request_id)),
         };
         let _ = tx.send(last).await;
-    });
+    };
+    tokio::spawn(task.instrument(span));
     Ok(Box::pin(ReceiverStream::new(rx)))
 }

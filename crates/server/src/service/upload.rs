@@ -36,7 +36,7 @@ pub(super) async fn upload(
 
     let incoming = messages.map(|message| {
         message.map(|kind| match kind {
-            Some(Kind::Chunk(chunk)) => Incoming::Chunk(chunk.data),
+            Some(Kind::Chunk(chunk)) => Incoming::Chunk(chunk.data, chunk.crc32c),
             Some(Kind::Finish(finish)) => Incoming::Finish(finish.sha256),
             Some(Kind::Header(_)) => Incoming::Unexpected("a second upload header arrived"),
             None => Incoming::Unexpected("an upload message carried no header, chunk or finish"),
@@ -77,7 +77,8 @@ pub(super) fn write_options(header: &UploadHeader, resumable: bool) -> Result<Wr
 
 /// An upload stream's messages after the first, whatever the RPC.
 pub(super) enum Incoming {
-    Chunk(Bytes),
+    /// Data, and the CRC32C the client declared for it, if any.
+    Chunk(Bytes, Option<u32>),
     Finish(String),
     Unexpected(&'static str),
 }
@@ -121,7 +122,15 @@ where
         match next {
             Err(e) => break Err(e),
             Ok(None) => break Ok(()),
-            Ok(Some(Incoming::Chunk(data))) if finished.is_none() => {
+            Ok(Some(Incoming::Chunk(data, crc))) if finished.is_none() => {
+                // Checked before the chunk is hashed or written: a bad chunk
+                // never reaches the session, which keeps everything before it.
+                if let Some(declared) = crc
+                    && crc32c::crc32c(&data) != declared
+                {
+                    let offset = upload.received();
+                    break Err(ServiceError::protocol(format!("the chunk at offset {offset} failed its CRC32C check")));
+                }
                 if let Err(e) = upload.write(data).await {
                     break Err(e.into());
                 }

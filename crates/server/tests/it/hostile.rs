@@ -24,7 +24,11 @@ fn sized(path: &str, size: u64) -> UploadRequest {
 }
 
 fn chunk(data: &[u8]) -> UploadRequest {
-    UploadRequest { kind: Some(Kind::Chunk(Chunk { data: data.to_vec().into() })) }
+    UploadRequest { kind: Some(Kind::Chunk(Chunk { data: data.to_vec().into(), crc32c: None })) }
+}
+
+fn chunk_with_crc(data: &[u8], crc32c: u32) -> UploadRequest {
+    UploadRequest { kind: Some(Kind::Chunk(Chunk { data: data.to_vec().into(), crc32c: Some(crc32c) })) }
 }
 
 fn finish(sha256: &str) -> UploadRequest {
@@ -97,6 +101,7 @@ fn upload_cases() -> Vec<(&'static str, Vec<UploadRequest>, Code)> {
         ("malformed finish digest", vec![header("a.txt"), chunk(b"x"), finish("not-hex")], InvalidArgument),
         ("wrong finish digest", vec![header("a.txt"), chunk(b"x"), finish(&wrong_digest)], InvalidArgument),
         ("more bytes than declared", vec![sized("a.txt", 2), chunk(b"xyz")], InvalidArgument),
+        ("chunk with a wrong CRC32C", vec![sized("a.txt", 3), chunk_with_crc(b"xyz", 0xdead_beef)], InvalidArgument),
         ("fewer bytes than declared (short upload)", vec![sized("a.txt", 10), chunk(b"xyz")], InvalidArgument),
         ("unknown size and no finish (truncation)", vec![header("a.txt"), chunk(b"xyz")], InvalidArgument),
         (

@@ -52,7 +52,9 @@ impl Session {
     /// Sends `data` in 1 MiB chunks. False if the server stopped listening.
     async fn send(&self, data: &[u8]) -> bool {
         for chunk in data.chunks(MIB) {
-            let message = UploadSessionRequest { kind: Some(Kind::Chunk(Chunk { data: chunk.to_vec().into() })) };
+            let crc32c = Some(crc32c::crc32c(chunk));
+            let message =
+                UploadSessionRequest { kind: Some(Kind::Chunk(Chunk { data: chunk.to_vec().into(), crc32c })) };
             if self.tx.send(message).await.is_err() {
                 return false;
             }
@@ -190,6 +192,29 @@ async fn a_resume_preempts_a_stale_stream() {
     assert_eq!(file.size, data.len() as u64);
 }
 
+/// A corrupted chunk is refused on arrival and never reaches the session,
+/// which keeps everything before it and completes after a resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_failing_its_crc_is_refused_without_poisoning_the_session() {
+    let server = TestServer::start().await;
+    let mut raw = server.raw().await;
+    let data = random_bytes(3 * MIB, 32);
+    let id = create(&mut raw, "crc.bin", data.len()).await;
+    let session = Session::open(&mut raw, &id, 0).await.expect("open");
+    assert!(session.send(&data[..MIB]).await);
+    let corrupt = Chunk { data: data[MIB..2 * MIB].to_vec().into(), crc32c: Some(crc32c::crc32c(b"other bytes")) };
+    session.tx.send(UploadSessionRequest { kind: Some(Kind::Chunk(corrupt)) }).await.expect("queue the bad chunk");
+    let status = session.outcome().await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("CRC32C"), "{status:?}");
+    assert_eq!(committed(&mut raw, &id).await.expect("query"), MIB as u64, "everything before the bad chunk is kept");
+
+    let (resumed, offset) = resume(&mut raw, &id).await;
+    assert!(resumed.send(&data[offset as usize..]).await);
+    let (_, file) = resumed.finish(&sha256_hex(&data)).await.expect("finish");
+    assert_eq!(file.sha256, sha256_hex(&data));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_discards_the_session() {
     let server = TestServer::start().await;
@@ -289,8 +314,9 @@ async fn client_streaming_upload_continues_a_session() {
             ..Default::default()
         })),
     };
-    let chunk =
-        |bytes: &[u8]| UploadRequest { kind: Some(upload_request::Kind::Chunk(Chunk { data: bytes.to_vec().into() })) };
+    let chunk = |bytes: &[u8]| UploadRequest {
+        kind: Some(upload_request::Kind::Chunk(Chunk { data: bytes.to_vec().into(), crc32c: None })),
+    };
     let refused = raw.upload(tokio_stream::iter(vec![continue_header("other.bin")])).await.expect_err("path too");
     assert_eq!(refused.code(), Code::InvalidArgument);
 
