@@ -58,6 +58,13 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "human")]
     pub log_format: LogFormat,
+    /// An upload stream silent this long is ended (a resumable upload keeps
+    /// its bytes). Bulk transfers have no whole-call deadline.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: std::time::Duration,
+    /// Resumable uploads untouched this long are discarded.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub upload_ttl: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

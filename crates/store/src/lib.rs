@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_core::Stream;
 
+pub mod crash;
 mod digest;
 mod error;
 pub mod local;

@@ -25,7 +25,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {addr}").and_then(|()| stdout.flush()).context("cannot write to stdout")?;
     tracing::info!(%addr, root = %args.root.display(), "ferry serving");
-    ferry_server::serve(listener, Arc::new(store), ServerOptions::default(), shutdown).await?;
+    let options = ServerOptions {
+        stream_idle_timeout: args.idle_timeout,
+        upload_ttl: args.upload_ttl,
+        ..ServerOptions::default()
+    };
+    ferry_server::serve(listener, Arc::new(store), options, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

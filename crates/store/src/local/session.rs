@@ -259,6 +259,7 @@ pub(super) fn recover(uploads: &Path) -> Result<(usize, usize)> {
                     data.sync_all().map_err(io)?;
                 }
                 kept += 1;
+                crate::crash::point("recovery.after-first-session");
             }
             _ => {
                 session.remove()?;

@@ -43,6 +43,7 @@ use super::session::{Journal, SessionDir, encode_state};
 use super::{Inner, blocking, digest_cache};
 use crate::{
     EntryKind, Error, Metadata, Result, Sha256, StorePath, Upload, UploadId, UploadStatus, WriteMode, WriteOptions,
+    crash,
 };
 
 /// Chunks queued between the network and the disk.
@@ -391,9 +392,12 @@ impl Writer {
         });
         let committed = self.committed.clone();
         Ok(tokio::task::spawn_blocking(move || {
+            crash::point("checkpoint.before-data-sync");
             handle.sync_data().map_err(|e| Error::io("syncing an upload", e))?;
+            crash::point("checkpoint.after-data-sync");
             if let Some(journal) = journal {
                 session.write_journal(&journal)?;
+                crash::point("checkpoint.after-journal");
             }
             committed.send_if_modified(|current| {
                 let advanced = offset > *current;
@@ -503,6 +507,7 @@ impl LocalUpload {
                 return Err(Error::DigestMismatch { expected, actual: sha256 });
             }
         }
+        crash::point("commit.after-verify");
         let (inner, path, options, data) =
             (self.inner.clone(), self.path.clone(), self.options.clone(), self.session.data());
         blocking(move || publish(&inner, path, &options, file, &data, sha256)).await
@@ -528,6 +533,7 @@ fn publish(
     let st = fs::fstat(&file).map_err(|e| Error::io("reading staged metadata", e.into()))?;
     digest_cache::store(&file, &st, &sha256);
     file.sync_all().map_err(|e| Error::io("syncing staged data", e))?;
+    crash::point("commit.after-file-sync");
 
     let (parents, name) = path.split_last();
     let parent = resolve::open_dir_creating(inner.root.as_fd(), &parents, &path)?;
@@ -542,7 +548,9 @@ fn publish(
         Errno::ISDIR | Errno::EXIST | Errno::NOTEMPTY => Error::IsDirectory { path: path.as_str().to_owned() },
         other => resolve::classify(parent.as_fd(), name, other, &path, Purpose::Write, "publishing an upload"),
     })?;
+    crash::point("commit.after-rename");
     fs::fsync(&parent).map_err(|e| Error::io("syncing the parent directory", e.into()))?;
+    crash::point("commit.after-dir-sync");
     Ok(resolve::metadata(path, EntryKind::File, &st, Some(sha256)))
 }
 
@@ -597,6 +605,7 @@ pub(super) async fn expire(inner: Arc<Inner>, idle: Duration) -> Result<usize> {
         let Some(guard) = inner.sessions.hold_idle(&id) else { continue };
         let session = SessionDir::new(&inner.uploads_dir, &id);
         blocking(move || session.remove()).await?;
+        crash::point("expiry.after-first-removal");
         drop(guard);
         inner.sessions.forget(&id);
         tracing::info!(upload = %id, "expired an abandoned upload");
