@@ -1,0 +1,102 @@
+//! A full disk: a real `ferry serve` over a small tmpfs. An upload that runs
+//! out of space gets RESOURCE_EXHAUSTED, nothing partial is visible, the server
+//! keeps serving, and the same session completes once space is freed.
+//!
+//! Mounting needs root (CI runs as root). Elsewhere the test says so and stops.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use ferry_client::{Client, Code, RetryPolicy, UploadOptions};
+
+const MIB: usize = 1024 * 1024;
+
+/// A tmpfs of `size_mib` MiB at `path`, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size_mib: usize) -> Option<Self> {
+        std::fs::create_dir_all(path).expect("mount point");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| Self(path.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(root: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+            .arg(root)
+            .env_remove("FERRY_CRASH_AT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ferry serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read the address");
+        let addr = line.trim().strip_prefix("listening on ").expect("listening on ADDR").to_owned();
+        Self { child, url: format!("http://{addr}") }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_cleanly_and_the_upload_resumes_once_space_is_freed() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let Some(tmpfs) = Tmpfs::mount(&work.path().join("small"), 24) else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    };
+    // 14 MiB of the 24 taken by something else on the same filesystem.
+    let filler = tmpfs.0.join("filler");
+    std::fs::write(&filler, vec![1u8; 14 * MIB]).expect("fill the disk");
+    let data: Vec<u8> = (0..20 * MIB).map(|i| (i % 251) as u8).collect();
+    let source = work.path().join("source.bin");
+    std::fs::write(&source, &data).expect("local file");
+
+    let server = Server::start(&tmpfs.0.join("root"));
+    let client = Client::connect(&server.url).await.expect("connect");
+    let options = UploadOptions { size: Some(data.len() as u64), ..UploadOptions::default() };
+    let id = client.create_upload("big.bin", &options).await.expect("create");
+    let no_retry = RetryPolicy { max_attempts_without_progress: 0, ..RetryPolicy::default() };
+    let full = client.upload_file_resumable(&source, &id, &no_retry, |_| {}).await.expect_err("the disk is full");
+    assert_eq!(full.code(), Some(Code::ResourceExhausted), "{full}");
+    assert!(!full.to_string().contains(&*tmpfs.0.to_string_lossy()), "no server path in the message: {full}");
+
+    assert!(!tmpfs.0.join("root/big.bin").exists(), "nothing partial is visible");
+    let listing = client.list("", true).await.expect("the server still serves");
+    drop(listing);
+    assert_eq!(client.query_upload(&id).await.expect("the session survives").path, "big.bin");
+
+    std::fs::remove_file(&filler).expect("free the space");
+    let stored = client.upload_file_resumable(&source, &id, &RetryPolicy::default(), |_| {}).await.expect("resume");
+    assert_eq!(stored.size, data.len() as u64);
+    assert!(std::fs::read(tmpfs.0.join("root/big.bin")).expect("stored") == data);
+    drop(server);
+}
