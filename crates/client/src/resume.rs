@@ -110,6 +110,7 @@ impl Client {
         let snapshots = Snapshots::default();
         let mut failures = 0u32;
         let mut last_committed = None;
+        let mut remote_path = None;
         loop {
             let outcome = match self.query_upload(upload_id).await {
                 Ok(state) => {
@@ -117,6 +118,7 @@ impl Client {
                         failures = 0;
                     }
                     last_committed = Some(state.committed);
+                    remote_path = Some(state.path.clone());
                     progress(state.committed);
                     self.attempt(local, upload_id, state.committed, &snapshots, progress.clone()).await
                 }
@@ -124,12 +126,34 @@ impl Client {
             };
             match outcome {
                 Ok(file) => return Ok(file),
+                // The session we were writing ended: another stream of the same
+                // upload may have committed it. If the file there is ours, done.
+                Err(e) if e.code() == Some(Code::NotFound) => match &remote_path {
+                    Some(path) => return self.committed_elsewhere(local, path, e).await,
+                    None => return Err(e),
+                },
                 Err(e) if is_transient(&e) && failures < policy.max_attempts_without_progress => {
                     failures += 1;
                     tokio::time::sleep(backoff(policy, failures)).await;
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// The file at `remote`, if it holds exactly `local` (by SHA-256);
+    /// otherwise the error that ended the session.
+    async fn committed_elsewhere(&self, local: &Path, remote: &str, ended: Error) -> Result<RemoteFile> {
+        let Ok(file) = self.stat(remote).await else { return Err(ended) };
+        let size =
+            std::fs::metadata(local).map_err(|e| Error::io(format!("cannot read {}", local.display()), e))?.len();
+        let local_path = local.to_owned();
+        let digest = tokio::task::spawn_blocking(move || hash_prefix(&local_path, size))
+            .await
+            .map_err(|e| Error::Protocol(format!("hash task failed: {e}")))??;
+        match file.sha256 == Some(hex::encode(digest.finalize())) {
+            true => Ok(file),
+            false => Err(ended),
         }
     }
 

@@ -49,3 +49,33 @@ async fn a_resumable_upload_survives_repeated_connection_cuts() {
     assert!(resent <= bound, "re-sent {resent} bytes over {cuts} cuts (bound {bound})");
     assert!(server.staging_drains().await);
 }
+
+/// Two clients resume the same session at once: they take it from each other
+/// until one commits; both then report the stored file, which is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_resuming_one_session_both_end_with_the_whole_file() {
+    let server = TestServer::start().await;
+    let data = random_bytes(48 * MIB as usize, 48);
+    let local = tempfile::tempdir().expect("temp dir");
+    let source = local.path().join("shared.bin");
+    std::fs::write(&source, &data).expect("write source");
+    let options = UploadOptions { size: Some(data.len() as u64), ..UploadOptions::default() };
+    let id = server.client().await.create_upload("shared.bin", &options).await.expect("create");
+
+    let policy = RetryPolicy { initial_backoff: std::time::Duration::from_millis(5), ..RetryPolicy::default() };
+    let uploads: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, source, id, policy) = (server.url.clone(), source.clone(), id.clone(), policy.clone());
+            tokio::spawn(async move {
+                let client = Client::connect(&url).await.expect("connect");
+                client.upload_file_resumable(&source, &id, &policy, |_| {}).await
+            })
+        })
+        .collect();
+    for upload in uploads {
+        let stored = upload.await.expect("task").expect("each client ends with the stored file");
+        assert_eq!(stored.sha256.as_deref(), Some(sha256_hex(&data).as_str()));
+    }
+    assert!(download_bytes(&server.client().await, "shared.bin").await.expect("download") == data);
+    assert!(server.staging_drains().await);
+}
