@@ -1,6 +1,6 @@
 //! A fault-injecting TCP proxy for the tests: forwards 127.0.0.1 traffic to
-//! a server and cuts every connection once it has carried a byte budget from
-//! client to server, like a flaky link that drops mid-transfer.
+//! a server and cuts every connection once it has carried a byte budget in
+//! either direction, like a flaky link that drops mid-transfer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,25 +12,32 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct FaultProxy {
     pub url: String,
     upstream: Arc<AtomicU64>,
+    downstream: Arc<AtomicU64>,
     cuts: Arc<AtomicU64>,
     accept: tokio::task::JoinHandle<()>,
 }
 
 impl FaultProxy {
-    /// Proxies to `target`, cutting each connection after `budget` bytes
-    /// have gone from client to server on it.
-    pub async fn start(target: SocketAddr, budget: u64) -> Self {
+    /// Proxies to `target`, cutting each connection after `up_budget` bytes
+    /// from client to server, or `down_budget` bytes back, on it.
+    pub async fn start(target: SocketAddr, up_budget: u64, down_budget: u64) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let url = format!("http://{}", listener.local_addr().expect("proxy addr"));
-        let (upstream, cuts) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (up, cut) = (upstream.clone(), cuts.clone());
+        let counters = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
+        let [upstream, downstream, cuts] = counters.clone();
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(target).await else { continue };
-                tokio::spawn(relay(client, server, budget, up.clone(), cut.clone()));
+                let [up, down, cut] = counters.clone();
+                tokio::spawn(relay(client, server, [up_budget, down_budget], [up, down], cut));
             }
         });
-        Self { url, upstream, cuts, accept }
+        Self { url, upstream, downstream, cuts, accept }
+    }
+
+    /// Bytes carried from the server to clients, over all connections.
+    pub fn downstream_bytes(&self) -> u64 {
+        self.downstream.load(Ordering::Relaxed)
     }
 
     /// Bytes carried from clients to the server, over all connections.
@@ -50,31 +57,49 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn relay(client: TcpStream, server: TcpStream, budget: u64, upstream: Arc<AtomicU64>, cuts: Arc<AtomicU64>) {
+async fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    budgets: [u64; 2],
+    carried: [Arc<AtomicU64>; 2],
+    cuts: Arc<AtomicU64>,
+) {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    let up = async {
-        let mut carried = 0u64;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match client_read.read(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => n.min((budget - carried) as usize),
-            };
-            if server_write.write_all(&buf[..n]).await.is_err() {
-                return false;
-            }
-            carried += n as u64;
-            upstream.fetch_add(n as u64, Ordering::Relaxed);
-            if carried >= budget {
-                return true;
-            }
-        }
-    };
-    let down = tokio::io::copy(&mut server_read, &mut client_write);
+    let [up_carried, down_carried] = carried;
+    let up = pipe(&mut client_read, &mut server_write, budgets[0], &up_carried);
+    let down = pipe(&mut server_read, &mut client_write, budgets[1], &down_carried);
     // Whichever side ends first ends the connection: both sockets are dropped.
-    tokio::select! {
-        cut = up => if cut { cuts.fetch_add(1, Ordering::Relaxed); },
-        _ = down => {}
+    let cut = tokio::select! {
+        cut = up => cut,
+        cut = down => cut,
+    };
+    if cut {
+        cuts.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Copies until EOF, an error, or `budget` bytes (then true: a cut).
+async fn pipe(
+    from: &mut (impl AsyncReadExt + Unpin),
+    to: &mut (impl AsyncWriteExt + Unpin),
+    budget: u64,
+    counter: &AtomicU64,
+) -> bool {
+    let mut carried = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n.min((budget - carried) as usize),
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            return false;
+        }
+        carried += n as u64;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        if carried >= budget {
+            return true;
+        }
     }
 }
