@@ -7,87 +7,17 @@
 #![cfg(feature = "crash-points")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use ferry_client::{Client, Code, RetryPolicy, UploadOptions};
-use sha2::Digest as _;
 
-const MIB: usize = 1024 * 1024;
-const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A `ferry serve` process over `root`.
-struct Server {
-    child: Child,
-    url: Option<String>,
-}
-
-impl Server {
-    /// Starts a server; with `crash_at`, it kills itself at that point. If it
-    /// dies before listening (a crash during recovery), `url` is `None`.
-    fn start(root: &Path, crash_at: Option<&str>, extra: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
-        command.args(["serve", "--listen", "127.0.0.1:0", "--root"]).arg(root).args(extra);
-        command.env_remove("FERRY_CRASH_AT").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
-        if let Some(point) = crash_at {
-            command.env("FERRY_CRASH_AT", point);
-        }
-        let mut child = command.spawn().expect("spawn ferry serve");
-        let mut line = String::new();
-        let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
-        let url = line.trim().strip_prefix("listening on ").map(|addr| format!("http://{addr}"));
-        Self { child, url }
-    }
-
-    fn url(&self) -> &str {
-        self.url.as_deref().expect("the server is listening")
-    }
-
-    /// Waits for the process to end (it is expected to kill itself).
-    fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll ferry serve") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "ferry serve did not die at its crash point");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(sha2::Sha256::digest(data))
-}
+mod support;
+use support::{MIB, Server, random_bytes, sha256_hex};
 
 /// A work dir with the server's root and a local file of `size` bytes.
 struct Case {

@@ -6,13 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use ferry_client::{Client, Code, RetryPolicy, UploadOptions};
 
-const MIB: usize = 1024 * 1024;
+mod support;
+use support::{MIB, Server};
 
 /// A tmpfs of `size_mib` MiB at `path`, unmounted on drop.
 struct Tmpfs(PathBuf);
@@ -36,36 +36,6 @@ impl Drop for Tmpfs {
     }
 }
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(root: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--root"])
-            .arg(root)
-            .env_remove("FERRY_CRASH_AT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn ferry serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read the address");
-        let addr = line.trim().strip_prefix("listening on ").expect("listening on ADDR").to_owned();
-        Self { child, url: format!("http://{addr}") }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_cleanly_and_the_upload_resumes_once_space_is_freed() {
     let work = tempfile::tempdir().expect("temp dir");
@@ -80,8 +50,8 @@ async fn a_full_disk_refuses_cleanly_and_the_upload_resumes_once_space_is_freed(
     let source = work.path().join("source.bin");
     std::fs::write(&source, &data).expect("local file");
 
-    let server = Server::start(&tmpfs.0.join("root"));
-    let client = Client::connect(&server.url).await.expect("connect");
+    let server = Server::start(&tmpfs.0.join("root"), None, &[]);
+    let client = Client::connect(server.url()).await.expect("connect");
     let options = UploadOptions { size: Some(data.len() as u64), ..UploadOptions::default() };
     let id = client.create_upload("big.bin", &options).await.expect("create");
     let no_retry = RetryPolicy { max_attempts_without_progress: 0, ..RetryPolicy::default() };
