@@ -116,8 +116,11 @@ async fn resume(raw: &mut Raw, id: &str) -> (Session, u64) {
     panic!("could not resume");
 }
 
+/// The committed offset an ABORTED status carries (the client's public helper,
+/// which must agree with the server's trailer).
 fn trailer_offset(status: &Status) -> Option<u64> {
-    status.metadata().get(ferry_server::status::COMMITTED_OFFSET_TRAILER)?.to_str().ok()?.parse().ok()
+    assert_eq!(ferry_server::status::COMMITTED_OFFSET_TRAILER, "ferry-committed-offset");
+    ferry_client::committed_offset(status)
 }
 
 /// Waits (bounded) until the committed offset reaches `at_least`.
