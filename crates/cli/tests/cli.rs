@@ -20,6 +20,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use serde_json::Value;
 use tempfile::TempDir;
 
+mod support;
+use support::{MIB, random_bytes};
+
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
@@ -29,8 +32,6 @@ const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 /// Longest any ferry process may take before a test gives up on it, so a hang
 /// fails the test instead of stalling the whole run.
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-const MIB: usize = 1024 * 1024;
 
 /// Exit codes, from `EXIT_CODES_HELP` in `src/cli.rs`.
 const EXIT_OTHER: i32 = 1;
@@ -172,21 +173,6 @@ fn wait_output(child: Child, what: &str) -> Output {
             panic!("{what} did not finish within {TIMEOUT:?}");
         }
     }
-}
-
-/// Deterministic pseudo-random bytes (xorshift64): incompressible enough to
-/// catch reordered or repeated chunks, and the same on every run.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15; // xorshift never leaves zero, so never start there
-    let mut bytes = Vec::with_capacity(len + 8);
-    while bytes.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(len);
-    bytes
 }
 
 fn utf8(path: &Path) -> &str {
