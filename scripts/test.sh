@@ -2,8 +2,10 @@
 # The whole test suite: formatting, lints, then every test in the workspace
 # (unit, integration against a real server on 127.0.0.1:0, the `ferry` binary
 # end to end, and the crash tests, which need the test-only `crash-points`
-# feature: hence --all-features). Installs nothing today: the Rust toolchain
-# is all the tests need. `.ci/run` calls exactly this script.
+# feature: hence --all-features), then the Python grpcio clients against the
+# binary just built. It installs what those need: a virtualenv under target/
+# with the pinned packages of tests/python/requirements.txt, from PyPI.
+# `.ci/run` calls exactly this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,3 +17,10 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace --all-features --locked
+
+echo "== Python client tests (grpcio against the ferry binary just built)"
+cargo build -p ferry --all-features --locked
+venv=target/py-test-env
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+FERRY_BIN="$PWD/target/debug/ferry" "$venv/bin/python" -m pytest -q tests/python

@@ -6,7 +6,7 @@
 //!
 //! | concept | file |
 //! |---|---|
-//! | `serve`, transport settings | `lib.rs` (here) |
+//! | `serve`, transport settings, health and reflection | `lib.rs` (here) |
 //! | the service and per-RPC dispatch | `service/mod.rs` |
 //! | upload / download / stat, list, delete | `service/{upload,download,objects}.rs` |
 //! | resumable uploads: create, query, abort, bidirectional session | `service/sessions.rs` |
@@ -80,14 +80,28 @@ impl Default for ServerOptions {
     }
 }
 
+/// Why `serve` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
 /// Serves ferry on `listener` until `shutdown` completes; in-flight calls are
 /// then allowed to finish.
+///
+/// Beside `ferry.v1.Ferry` it serves `grpc.health.v1.Health` (SERVING for ""
+/// and "ferry.v1.Ferry", NOT_SERVING from the moment shutdown begins, so load
+/// balancers drain) and server reflection, v1 and v1alpha, so that grpcurl,
+/// `buf curl` and grpcio clients can discover the API.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Store>,
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(options.tcp_keepalive));
     // Abandoned sessions are collected at start and then every tenth of the TTL.
     let collector = tokio::spawn(collect_abandoned_uploads(store.clone(), options.upload_ttl));
@@ -95,6 +109,19 @@ pub async fn serve(
     let service = FerryServer::new(FerryService::new(store, options.stream_idle_timeout))
         .max_decoding_message_size(options.max_message_size)
         .max_encoding_message_size(options.max_message_size);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<FerryServer<FerryService>>().await;
+    let shutdown = async move {
+        shutdown.await;
+        health.set_not_serving::<FerryServer<FerryService>>().await;
+        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    };
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     Server::builder()
         .max_frame_size(options.http2_max_frame_size)
         .initial_stream_window_size(options.http2_stream_window)
@@ -105,8 +132,12 @@ pub async fn serve(
         .http2_max_local_error_reset_streams(Some(options.max_local_error_reset_streams))
         .http2_max_header_list_size(options.max_header_list_size)
         .add_service(service)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .await?;
+    Ok(())
 }
 
 async fn collect_abandoned_uploads(store: Arc<dyn Store>, ttl: Duration) {
