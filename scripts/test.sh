@@ -19,7 +19,7 @@ echo "== cargo test"
 cargo test --workspace --all-features --locked
 
 echo "== Python client tests (grpcio against the ferry binary just built)"
-cargo build -p ferry --all-features --locked
+cargo build --workspace --all-features --locked
 venv=target/py-test-env
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
