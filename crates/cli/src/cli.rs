@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// Resumable uploads untouched this long are discarded.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub upload_ttl: std::time::Duration,
+    /// On SIGTERM/Ctrl-C, how long calls in flight may take to finish before
+    /// they are cut (resumable uploads keep what they committed).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -61,3 +61,51 @@ fn staged_bytes(root: &std::path::Path) -> u64 {
     let Ok(sessions) = std::fs::read_dir(root.join(".ferry/uploads")) else { return 0 };
     sessions.flatten().filter_map(|s| std::fs::metadata(s.path().join("data")).ok()).map(|m| m.len()).max().unwrap_or(0)
 }
+
+/// SIGTERM: an upload in flight finishes; a download whose reader stalled is
+/// cut once the grace period is over; the server exits cleanly.
+#[test]
+fn sigterm_lets_transfers_finish_within_the_grace_period() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("root");
+    let mut server = Server::start(&root, None, &["--shutdown-grace", "3s"]);
+    std::fs::write(root.join("stalled.bin"), vec![7u8; 64 * MIB]).expect("a file to download");
+    let data = random_bytes(128 * MIB, 128);
+    let local = dir.path().join("up.bin");
+    std::fs::write(&local, &data).expect("local file");
+
+    let ferry = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        command.args(args).env("FERRY_SERVER", server.url()).env("FERRY_STATE_DIR", dir.path().join("state"));
+        command.stdin(Stdio::null()).stderr(Stdio::piped());
+        command
+    };
+    // A download that stops being read: it holds a stream open indefinitely.
+    let mut stalled = ferry(&["get", "-q", "stalled.bin", "-"]).stdout(Stdio::piped()).spawn().expect("spawn get");
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(stalled.stdout.as_mut().expect("stdout"), &mut first).expect("the download started");
+    // An upload under way when the signal comes.
+    let mut put = ferry(&["put", "-q", "--no-resume", local.to_str().expect("utf-8"), "up.bin"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn put");
+    let deadline = Instant::now() + TIMEOUT;
+    while staged_bytes(&root) < 16 * MIB as u64 {
+        assert!(put.try_wait().expect("poll put").is_none(), "the upload finished before the signal");
+        assert!(Instant::now() < deadline, "the upload never got going");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+
+    let signalled = Instant::now();
+    let kill = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().expect("kill");
+    assert!(kill.success());
+    let put_status = put.wait().expect("wait for put");
+    assert!(put_status.success(), "the upload in flight must finish: {put_status}");
+    assert!(std::fs::read(root.join("up.bin")).expect("stored") == data);
+
+    let server_status = server.wait();
+    assert!(server_status.success(), "ferry serve exits cleanly after the grace period: {server_status}");
+    assert!(signalled.elapsed() < Duration::from_secs(3 + 10), "the stalled download held the server up");
+    let _ = stalled.kill();
+    let _ = stalled.wait();
+}

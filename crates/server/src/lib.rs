@@ -59,6 +59,10 @@ pub struct ServerOptions {
     pub stream_idle_timeout: Duration,
     /// Resumable uploads untouched for this long are discarded.
     pub upload_ttl: Duration,
+    /// After shutdown begins, calls in flight get this long to finish; then
+    /// `serve` returns and the rest are cut (resumable uploads keep what they
+    /// committed).
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerOptions {
@@ -76,6 +80,7 @@ impl Default for ServerOptions {
             max_header_list_size: 16 * 1024,
             stream_idle_timeout: Duration::from_secs(60),
             upload_ttl: Duration::from_secs(24 * 60 * 60),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -111,8 +116,11 @@ pub async fn serve(
         .max_encoding_message_size(options.max_message_size);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FerryServer<FerryService>>().await;
+    let (began, shutdown_began) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
+        tracing::info!(grace = ?options.shutdown_grace, "shutting down: calls in flight may finish");
+        let _ = began.send(());
         health.set_not_serving::<FerryServer<FerryService>>().await;
         health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     };
@@ -122,7 +130,7 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
-    Server::builder()
+    let serving = Server::builder()
         .max_frame_size(options.http2_max_frame_size)
         .initial_stream_window_size(options.http2_stream_window)
         .initial_connection_window_size(options.http2_connection_window)
@@ -135,8 +143,19 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    // A graceful stop waits for every call in flight: bound that wait, so a
+    // stalled client cannot hold the server up forever.
+    let grace_over = async move {
+        match shutdown_began.await {
+            Ok(()) => tokio::time::sleep(options.shutdown_grace).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = serving => served?,
+        () = grace_over => tracing::warn!("grace period over: cutting the calls still in flight"),
+    }
     Ok(())
 }
 

@@ -28,6 +28,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let options = ServerOptions {
         stream_idle_timeout: args.idle_timeout,
         upload_ttl: args.upload_ttl,
+        shutdown_grace: args.shutdown_grace,
         ..ServerOptions::default()
     };
     ferry_server::serve(listener, Arc::new(store), options, shutdown).await?;
@@ -48,7 +49,6 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-        tracing::info!("shutting down: finishing calls in flight");
     })
 }
 
