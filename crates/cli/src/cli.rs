@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -21,11 +22,45 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// Server URL, for the client commands (before or after the command name).
-    #[arg(long, global = true, env = "FERRY_SERVER", default_value = ferry_client::DEFAULT_SERVER)]
-    pub server: String,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How the client commands reach the server (before or after the command name).
+#[derive(Debug, Args)]
+pub struct ConnectionArgs {
+    /// Server URL: http://HOST:PORT, or https://HOST:PORT for TLS.
+    #[arg(long, global = true, env = "FERRY_SERVER", default_value = ferry_client::DEFAULT_SERVER)]
+    pub server: String,
+    /// Bearer token (prefer FERRY_TOKEN or --token-file: a flag shows in `ps`).
+    #[arg(long, global = true, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the bearer token.
+    #[arg(long, global = true, env = "FERRY_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for the server, besides the system's.
+    #[arg(long, global = true, env = "FERRY_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM), for mutual TLS.
+    #[arg(long, global = true, env = "FERRY_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM), for mutual TLS.
+    #[arg(long, global = true, env = "FERRY_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Name the server's certificate must carry (default: the URL's host).
+    #[arg(long, global = true, env = "FERRY_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+    /// Compress messages both ways (helps only with compressible files).
+    #[arg(long, global = true, env = "FERRY_COMPRESS", value_enum)]
+    pub compress: Option<CompressArg>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompressArg {
+    Gzip,
+    Zstd,
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,36 +77,98 @@ pub enum Command {
     Stat(StatArgs),
     /// Delete a remote file or empty directory.
     Rm(RmArgs),
+    /// Make or hash bearer tokens for the server's config file.
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new random token, and the `sha256` line for the server's config.
+    New {
+        /// The identity's name in the config (shown in logs).
+        #[arg(long, default_value = "client")]
+        name: String,
+    },
+    /// Read a token on stdin and print its SHA-256 for the server's config.
+    Hash,
+}
+
+/// `ferry serve`. Every setting can come from a flag, its environment
+/// variable, or the config file, in that order of precedence; the defaults
+/// are shown in `ferry.example.toml`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// TOML config file (every option below, plus tokens and client identities).
+    #[arg(long, env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free port; the address is printed).
-    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:50051")]
-    pub listen: SocketAddr,
-    /// Directory that holds the served files (created if missing).
-    #[arg(long, env = "FERRY_ROOT", default_value = "./ferry-data")]
-    pub root: PathBuf,
-    /// Bytes per download chunk.
-    #[arg(long, default_value_t = ferry_client::DEFAULT_CHUNK_SIZE, value_parser = parse_chunk_size)]
-    pub chunk_size: usize,
-    /// Log format.
-    #[arg(long, value_enum, default_value = "human")]
-    pub log_format: LogFormat,
+    /// [default: 127.0.0.1:50051]
+    #[arg(long, env = "FERRY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory that holds the served files (created if missing). [default: ./ferry-data]
+    #[arg(long, env = "FERRY_ROOT")]
+    pub root: Option<PathBuf>,
+    /// Bytes per download chunk. [default: 1MiB]
+    #[arg(long, env = "FERRY_CHUNK_SIZE", value_parser = parse_chunk_size)]
+    pub chunk_size: Option<usize>,
+    /// Log format. [default: human]
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
     /// An upload stream silent this long is ended (a resumable upload keeps
-    /// its bytes). Bulk transfers have no whole-call deadline.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    pub idle_timeout: std::time::Duration,
-    /// Resumable uploads untouched this long are discarded.
-    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
-    pub upload_ttl: std::time::Duration,
+    /// its bytes). Bulk transfers have no whole-call deadline. [default: 60s]
+    #[arg(long, env = "FERRY_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Resumable uploads untouched this long are discarded. [default: 24h]
+    #[arg(long, env = "FERRY_UPLOAD_TTL", value_parser = humantime::parse_duration)]
+    pub upload_ttl: Option<Duration>,
     /// On SIGTERM/Ctrl-C, how long calls in flight may take to finish before
-    /// they are cut (resumable uploads keep what they committed).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub shutdown_grace: std::time::Duration,
+    /// they are cut (resumable uploads keep what they committed). [default: 30s]
+    #[arg(long, env = "FERRY_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "FERRY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Allow plain text (no TLS) on an address other than loopback.
+    #[arg(long, env = "FERRY_INSECURE")]
+    pub insecure: bool,
+    /// Server certificate chain (PEM); with --tls-key, serves TLS.
+    #[arg(long, env = "FERRY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, env = "FERRY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to: mutual TLS.
+    #[arg(long, env = "FERRY_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Time a client has to finish its TLS handshake. [default: 10s]
+    #[arg(long, env = "FERRY_TLS_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub tls_handshake_timeout: Option<Duration>,
+    /// Largest file accepted (e.g. 100GiB). [default: no limit]
+    #[arg(long, env = "FERRY_MAX_FILE_SIZE", value_parser = parse_size)]
+    pub max_file_size: Option<u64>,
+    /// Total bytes of files the root may hold. [default: no limit]
+    #[arg(long, env = "FERRY_QUOTA", value_parser = parse_size)]
+    pub quota: Option<u64>,
+    /// Free space uploads must leave on the root's filesystem. [default: 0]
+    #[arg(long, env = "FERRY_MIN_FREE_SPACE", value_parser = parse_size)]
+    pub min_free_space: Option<u64>,
+    /// Upload streams at once. [default: 64]
+    #[arg(long, env = "FERRY_MAX_CONCURRENT_UPLOADS")]
+    pub max_concurrent_uploads: Option<usize>,
+    /// Download streams at once. [default: 256]
+    #[arg(long, env = "FERRY_MAX_CONCURRENT_DOWNLOADS")]
+    pub max_concurrent_downloads: Option<usize>,
+    /// Open client connections. [default: 1024]
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// HTTP/2 streams per connection. [default: 128]
+    #[arg(long, env = "FERRY_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Human,
     Json,
@@ -166,4 +263,8 @@ fn parse_chunk_size(raw: &str) -> Result<usize, String> {
         return Err(format!("must be 1..={} bytes", ferry_client::MAX_CHUNK_SIZE));
     }
     Ok(size)
+}
+
+fn parse_size(raw: &str) -> Result<u64, String> {
+    ferry_client::units::parse_size(raw)
 }

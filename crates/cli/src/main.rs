@@ -8,6 +8,7 @@ use clap::Parser;
 
 mod cli;
 mod commands;
+mod config;
 mod exit;
 mod output;
 mod sessions;
@@ -42,9 +43,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let server = cli.server.as_str();
+    let server = &cli.connection;
     match cli.command {
         Command::Serve(args) => commands::serve::run(args).await,
+        Command::Token(command) => commands::token::run(command),
         Command::Put(args) => commands::put::run(server, args).await,
         Command::Get(args) => commands::get::run(server, args).await,
         Command::Ls(args) => commands::ls::run(server, args).await,

@@ -52,8 +52,15 @@ async fn a_full_disk_refuses_cleanly_and_the_upload_resumes_once_space_is_freed(
 
     let server = Server::start(&tmpfs.0.join("root"), None, &[]);
     let client = Client::connect(server.url()).await.expect("connect");
-    let options = UploadOptions { size: Some(data.len() as u64), ..UploadOptions::default() };
-    let id = client.create_upload("big.bin", &options).await.expect("create");
+    // A declared size that cannot fit is refused up front, before a byte is staged.
+    let declared = UploadOptions { size: Some(data.len() as u64), ..UploadOptions::default() };
+    let refused = client.create_upload("big.bin", &declared).await.expect_err("no room for 20 MiB");
+    assert_eq!(refused.code(), Some(Code::ResourceExhausted), "{refused}");
+    assert!(refused.to_string().contains("free space"), "{refused}");
+    assert_eq!(std::fs::read_dir(tmpfs.0.join("root/.ferry/uploads")).expect("staging").count(), 0);
+
+    // Without a declared size admission cannot know: the disk fills mid-write.
+    let id = client.create_upload("big.bin", &UploadOptions::default()).await.expect("create");
     let no_retry = RetryPolicy { max_attempts_without_progress: 0, ..RetryPolicy::default() };
     let full = client.upload_file_resumable(&source, &id, &no_retry, |_| {}).await.expect_err("the disk is full");
     assert_eq!(full.code(), Some(Code::ResourceExhausted), "{full}");

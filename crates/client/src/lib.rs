@@ -18,12 +18,17 @@ use std::time::Duration;
 use ferry_proto::v1::ferry_client::FerryClient;
 use ferry_proto::v1::{DeleteRequest, ListRequest, ListResponse, StatRequest};
 use tonic::Streaming;
-use tonic::transport::{Channel, Endpoint};
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 mod download;
 mod error;
 mod resume;
 mod types;
+pub mod units;
 mod upload;
 
 pub use error::Error;
@@ -44,18 +49,90 @@ pub struct ClientOptions {
     /// Payload bytes per upload chunk (at most `ferry_proto::MAX_CHUNK_SIZE`).
     pub chunk_size: usize,
     pub connect_timeout: Duration,
+    /// TLS settings for `https://` URLs (the system's roots are trusted too).
+    pub tls: TlsSettings,
+    /// Bearer token sent with every call.
+    pub token: Option<String>,
+    /// Compress what we send and ask the server to compress what it sends.
+    /// Off by default: file data is often incompressible (see the README).
+    pub compression: Option<Compression>,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self { chunk_size: ferry_proto::DEFAULT_CHUNK_SIZE, connect_timeout: Duration::from_secs(10) }
+        Self {
+            chunk_size: ferry_proto::DEFAULT_CHUNK_SIZE,
+            connect_timeout: Duration::from_secs(10),
+            tls: TlsSettings::default(),
+            token: None,
+            compression: None,
+        }
     }
 }
+
+/// Certificates for TLS, all PEM.
+#[derive(Clone, Default)]
+pub struct TlsSettings {
+    /// A CA to trust besides the system's (for a private CA or a self-signed server).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate chain and key, for mutual TLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// Name to verify the server's certificate against (default: the URL's host).
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    // Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+/// gRPC message compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    fn encoding(self) -> CompressionEncoding {
+        match self {
+            Compression::Gzip => CompressionEncoding::Gzip,
+            Compression::Zstd => CompressionEncoding::Zstd,
+        }
+    }
+}
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+struct Credentials(Option<MetadataValue<Ascii>>);
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Credentials(token)" } else { "Credentials(none)" })
+    }
+}
+
+impl Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Rpc = FerryClient<InterceptedService<Channel, Credentials>>;
 
 /// A connection to a ferry server. Cheap to clone; clones share the connection.
 #[derive(Debug, Clone)]
 pub struct Client {
-    rpc: FerryClient<Channel>,
+    rpc: Rpc,
     chunk_size: usize,
 }
 
@@ -65,12 +142,14 @@ impl Client {
         Self::connect_with(url, ClientOptions::default()).await
     }
 
-    /// Connects to `url` (`http://host:port`).
+    /// Connects to `url`: `http://HOST:PORT`, or `https://HOST:PORT` for TLS.
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Self> {
         let invalid = |reason: String| Error::InvalidUrl { url: url.to_owned(), reason };
-        if !url.starts_with("http://") {
-            return Err(invalid("expected http://HOST:PORT (TLS arrives with https:// later)".into()));
-        }
+        let tls = match url.split_once("://").map(|(scheme, _)| scheme) {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(invalid("expected http://HOST:PORT, or https://HOST:PORT for TLS".into())),
+        };
         if options.chunk_size == 0 || options.chunk_size > ferry_proto::MAX_CHUNK_SIZE {
             return Err(invalid(format!("chunk size must be 1..={} bytes", ferry_proto::MAX_CHUNK_SIZE)));
         }
@@ -84,10 +163,28 @@ impl Client {
             .initial_stream_window_size(ferry_proto::HTTP2_STREAM_WINDOW)
             .initial_connection_window_size(ferry_proto::HTTP2_CONNECTION_WINDOW)
             .max_frame_size(ferry_proto::HTTP2_MAX_FRAME_SIZE);
+        let endpoint = match tls {
+            true => endpoint.tls_config(tls_config(&options.tls)).map_err(|e| Error::connect(url, &e))?,
+            false if options.tls.ca_pem.is_some() || options.tls.identity.is_some() => {
+                return Err(invalid("TLS certificates were given for a plain http:// URL; use https://".into()));
+            }
+            false => endpoint,
+        };
+        let token = match &options.token {
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| Error::Protocol("the token must be printable ASCII".into()))?,
+            ),
+            None => None,
+        };
         let channel = endpoint.connect().await.map_err(|e| Error::connect(url, &e))?;
-        let rpc = FerryClient::new(channel)
+        let mut rpc = FerryClient::with_interceptor(channel, Credentials(token))
             .max_decoding_message_size(ferry_proto::MAX_MESSAGE_SIZE)
             .max_encoding_message_size(ferry_proto::MAX_MESSAGE_SIZE);
+        if let Some(compression) = options.compression {
+            rpc = rpc.send_compressed(compression.encoding()).accept_compressed(compression.encoding());
+        }
         Ok(Self { rpc, chunk_size: options.chunk_size })
     }
 
@@ -108,6 +205,20 @@ impl Client {
         let stream = self.rpc.clone().list(ListRequest { path: path.to_owned(), recursive }).await?.into_inner();
         Ok(Listing { stream })
     }
+}
+
+fn tls_config(settings: &TlsSettings) -> ClientTlsConfig {
+    let mut config = ClientTlsConfig::new().with_enabled_roots();
+    if let Some(ca) = &settings.ca_pem {
+        config = config.ca_certificate(Certificate::from_pem(ca));
+    }
+    if let Some((cert, key)) = &settings.identity {
+        config = config.identity(Identity::from_pem(cert, key));
+    }
+    if let Some(domain) = &settings.domain {
+        config = config.domain_name(domain.clone());
+    }
+    config
 }
 
 /// A listing in progress: batches of entries, pulled one at a time.

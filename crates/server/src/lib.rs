@@ -6,7 +6,13 @@
 //!
 //! | concept | file |
 //! |---|---|
-//! | `serve`, transport settings, health and reflection | `lib.rs` (here) |
+//! | `serve`, health and reflection | `lib.rs` (here) |
+//! | every option, TLS settings | `options.rs` |
+//! | tokens, client certificates, scopes | `auth.rs` |
+//! | admission: concurrency, file size, quota, free space | `limits.rs` |
+//! | per-identity request rate and bandwidth | `rate.rs` |
+//! | the connection cap | `connections.rs` |
+//! | Prometheus metrics and their admin listener | `metrics.rs` |
 //! | the service and per-RPC dispatch | `service/mod.rs` |
 //! | upload / download / stat, list, delete | `service/{upload,download,objects}.rs` |
 //! | resumable uploads: create, query, abort, bidirectional session | `service/sessions.rs` |
@@ -20,70 +26,30 @@ use std::time::Duration;
 use ferry_proto::v1::ferry_server::FerryServer;
 use ferry_store::Store;
 use tokio::net::TcpListener;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::auth::Authenticator;
+use crate::limits::Admission;
+use crate::metrics::MetricsLayer;
+
+pub mod auth;
+mod connections;
 mod convert;
+pub mod limits;
+pub mod metrics;
+mod options;
+mod rate;
 pub mod service;
 pub mod status;
 
+pub use auth::{AuthOptions, Grant, Permission, Scope};
+pub use limits::Limits;
+pub use metrics::{Metrics, serve_metrics};
+pub use options::{ServerOptions, TlsOptions};
 pub use service::FerryService;
 pub use status::ServiceError;
-
-/// Transport settings. The defaults are the measured ones (README,
-/// "Performance"); every value is explicit rather than left to tonic.
-#[derive(Debug, Clone)]
-pub struct ServerOptions {
-    /// gRPC message-size limit, for decoding and encoding alike.
-    pub max_message_size: usize,
-    /// HTTP/2 max frame size advertised to clients.
-    pub http2_max_frame_size: u32,
-    /// HTTP/2 initial stream / connection flow-control windows.
-    pub http2_stream_window: u32,
-    pub http2_connection_window: u32,
-    /// Concurrent streams per HTTP/2 connection.
-    pub max_concurrent_streams: u32,
-    /// HTTP/2 PING interval and the time to wait for its answer: a dead peer
-    /// is noticed and its transfers released.
-    pub http2_keepalive_interval: Duration,
-    pub http2_keepalive_timeout: Duration,
-    /// TCP keepalive on accepted connections.
-    pub tcp_keepalive: Duration,
-    /// Bound on streams a misbehaving client can make us reset.
-    pub max_local_error_reset_streams: usize,
-    /// Bound on request header bytes.
-    pub max_header_list_size: u32,
-    /// An upload stream silent for this long is ended with DEADLINE_EXCEEDED
-    /// (a resumable upload keeps what it received). Bulk transfers get no
-    /// whole-call deadline: only silence ends them.
-    pub stream_idle_timeout: Duration,
-    /// Resumable uploads untouched for this long are discarded.
-    pub upload_ttl: Duration,
-    /// After shutdown begins, calls in flight get this long to finish; then
-    /// `serve` returns and the rest are cut (resumable uploads keep what they
-    /// committed).
-    pub shutdown_grace: Duration,
-}
-
-impl Default for ServerOptions {
-    fn default() -> Self {
-        Self {
-            max_message_size: ferry_proto::MAX_MESSAGE_SIZE,
-            http2_max_frame_size: ferry_proto::HTTP2_MAX_FRAME_SIZE,
-            http2_stream_window: ferry_proto::HTTP2_STREAM_WINDOW,
-            http2_connection_window: ferry_proto::HTTP2_CONNECTION_WINDOW,
-            max_concurrent_streams: 128,
-            http2_keepalive_interval: Duration::from_secs(30),
-            http2_keepalive_timeout: Duration::from_secs(20),
-            tcp_keepalive: Duration::from_secs(60),
-            max_local_error_reset_streams: 1024,
-            max_header_list_size: 16 * 1024,
-            stream_idle_timeout: Duration::from_secs(60),
-            upload_ttl: Duration::from_secs(24 * 60 * 60),
-            shutdown_grace: Duration::from_secs(30),
-        }
-    }
-}
 
 /// Why `serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +58,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot measure the store for the quota: {0}")]
+    Store(#[from] ferry_store::Error),
 }
 
 /// Serves ferry on `listener` until `shutdown` completes; in-flight calls are
@@ -108,12 +76,29 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(options.tcp_keepalive));
+    let incoming = connections::limited(incoming, options.limits.max_connections, options.metrics.clone());
+    let admission = Admission::new(options.limits.clone(), store.clone(), options.metrics.clone()).await?;
+    let mtls = options.tls.as_ref().is_some_and(|tls| tls.client_ca_pem.is_some());
+    let context = service::Context {
+        store: store.clone(),
+        auth: Authenticator::new(&options.auth, mtls),
+        admission,
+        metrics: options.metrics.clone(),
+        idle_timeout: options.stream_idle_timeout,
+    };
     // Abandoned sessions are collected at start and then every tenth of the TTL.
-    let collector = tokio::spawn(collect_abandoned_uploads(store.clone(), options.upload_ttl));
+    let collector = tokio::spawn(collect_abandoned_uploads(store, options.upload_ttl));
     let _stop_collector = AbortOnDrop(collector);
-    let service = FerryServer::new(FerryService::new(store, options.stream_idle_timeout))
+    // Compressed requests are always accepted; responses are compressed only
+    // for clients that ask (`grpc-accept-encoding`): bulk data is often
+    // incompressible, so ferry's own client does not ask by default.
+    let service = FerryServer::new(FerryService::new(context))
         .max_decoding_message_size(options.max_message_size)
-        .max_encoding_message_size(options.max_message_size);
+        .max_encoding_message_size(options.max_message_size)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FerryServer<FerryService>>().await;
     let (began, shutdown_began) = tokio::sync::oneshot::channel::<()>();
@@ -130,7 +115,12 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
-    let serving = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &options.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    let serving = builder
+        .layer(MetricsLayer(options.metrics.clone()))
         .max_frame_size(options.http2_max_frame_size)
         .initial_stream_window_size(options.http2_stream_window)
         .initial_connection_window_size(options.http2_connection_window)

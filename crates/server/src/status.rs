@@ -23,6 +23,15 @@ pub enum ServiceError {
     /// kept, and the client resumes at `committed`.
     #[error("stream ended after {received} bytes without finishing; {committed} bytes are committed: resume there")]
     Incomplete { received: u64, committed: u64 },
+    /// No credentials, or ones the server does not know.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A known caller, outside its scopes.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A limit: file size, quota, free space, concurrency, request rate.
+    #[error("{0}")]
+    Exhausted(String),
     /// The client sent nothing for longer than the idle timeout.
     #[error("no message for {0:?}: stream closed (what was received is kept if the upload is resumable)")]
     Idle(std::time::Duration),
@@ -45,6 +54,9 @@ impl ServiceError {
             ServiceError::Stream(status) => status.code(),
             ServiceError::Idle(_) => Code::DeadlineExceeded,
             ServiceError::Incomplete { .. } => Code::Aborted,
+            ServiceError::Unauthenticated(_) => Code::Unauthenticated,
+            ServiceError::PermissionDenied(_) => Code::PermissionDenied,
+            ServiceError::Exhausted(_) => Code::ResourceExhausted,
         }
     }
 
@@ -134,6 +146,9 @@ mod tests {
             (ServiceError::Incomplete { received: 5, committed: 4 }, Code::Aborted),
             (StoreError::io("writing", std::io::Error::other("EIO /srv/secret")).into(), Code::Internal),
             (Status::cancelled("gone").into(), Code::Cancelled),
+            (ServiceError::Unauthenticated("no token".into()), Code::Unauthenticated),
+            (ServiceError::PermissionDenied("out of scope".into()), Code::PermissionDenied),
+            (ServiceError::Exhausted("over a limit".into()), Code::ResourceExhausted),
         ];
         for (error, want) in table {
             let shown = format!("{error:?}");

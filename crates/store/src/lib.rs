@@ -225,6 +225,16 @@ pub trait Store: Debug + Send + Sync + 'static {
 
     /// Deletes a file or an empty directory.
     async fn delete(&self, path: &StorePath) -> Result<()>;
+
+    /// Bytes free for new files, if the backend has such a limit (a local
+    /// filesystem does; an object store does not). Used to refuse uploads
+    /// that cannot fit before they start.
+    async fn free_space(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    /// How many resumable upload sessions the store holds.
+    async fn count_uploads(&self) -> Result<usize>;
 }
 
 /// An upload in progress. Dropping it without [`Upload::commit`] discards it,

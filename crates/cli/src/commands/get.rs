@@ -8,7 +8,7 @@ use super::{connect, interruptible, remote_file_name};
 use crate::cli::GetArgs;
 use crate::output::progress_bar;
 
-pub async fn run(server: &str, args: GetArgs) -> anyhow::Result<()> {
+pub async fn run(server: &crate::cli::ConnectionArgs, args: GetArgs) -> anyhow::Result<()> {
     let client = connect(server, args.transfer.chunk_size).await?;
     let range = Range { offset: args.offset, length: args.length };
     let bar = progress_bar(None, args.transfer.quiet);

@@ -8,7 +8,7 @@ use super::connect;
 use crate::cli::LsArgs;
 use crate::output;
 
-pub async fn run(server: &str, args: LsArgs) -> anyhow::Result<()> {
+pub async fn run(server: &crate::cli::ConnectionArgs, args: LsArgs) -> anyhow::Result<()> {
     let client = connect(server, ferry_client::DEFAULT_CHUNK_SIZE).await?;
     let mut listing = client.list(&args.path, args.recursive).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -4,8 +4,9 @@
 use std::future::Future;
 
 use anyhow::{Context, bail};
-use ferry_client::{Client, ClientOptions};
+use ferry_client::{Client, ClientOptions, Compression, TlsSettings};
 
+use crate::cli::{CompressArg, ConnectionArgs};
 use crate::exit::Interrupted;
 
 pub mod get;
@@ -14,11 +15,34 @@ pub mod put;
 pub mod rm;
 pub mod serve;
 pub mod stat;
+pub mod token;
 
-/// Connects to the server named by `--server` / `FERRY_SERVER`.
-pub async fn connect(server: &str, chunk_size: usize) -> anyhow::Result<Client> {
-    let options = ClientOptions { chunk_size, ..ClientOptions::default() };
-    Ok(Client::connect_with(server, options).await?)
+/// Connects to the server named by `--server` / `FERRY_SERVER`, with the
+/// TLS files, token and compression the connection flags name.
+pub async fn connect(connection: &ConnectionArgs, chunk_size: usize) -> anyhow::Result<Client> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+    };
+    let token = match (&connection.token, &connection.token_file) {
+        (Some(token), _) => Some(token.trim().to_owned()),
+        (None, Some(file)) => Some(String::from_utf8_lossy(&read(file, "token file")?).trim().to_owned()),
+        (None, None) => None,
+    };
+    let identity = match (&connection.cert, &connection.key) {
+        (Some(cert), Some(key)) => Some((read(cert, "client certificate")?, read(key, "client key")?)),
+        _ => None,
+    };
+    let tls = TlsSettings {
+        ca_pem: connection.ca_cert.as_deref().map(|ca| read(ca, "CA certificate")).transpose()?,
+        identity,
+        domain: connection.tls_server_name.clone(),
+    };
+    let compression = connection.compress.map(|c| match c {
+        CompressArg::Gzip => Compression::Gzip,
+        CompressArg::Zstd => Compression::Zstd,
+    });
+    let options = ClientOptions { chunk_size, tls, token, compression, ..ClientOptions::default() };
+    Ok(Client::connect_with(&connection.server, options).await?)
 }
 
 /// Runs a transfer until it ends or the user presses Ctrl-C. On Ctrl-C the

@@ -10,7 +10,7 @@ use crate::cli::PutArgs;
 use crate::output::progress_bar;
 use crate::sessions::Remembered;
 
-pub async fn run(server: &str, args: PutArgs) -> anyhow::Result<()> {
+pub async fn run(server: &crate::cli::ConnectionArgs, args: PutArgs) -> anyhow::Result<()> {
     let from_stdin = args.local == Path::new("-");
     let remote = remote_path(&args.local, args.remote.as_deref(), from_stdin)?;
     let client = connect(server, args.transfer.chunk_size).await?;
@@ -31,7 +31,7 @@ pub async fn run(server: &str, args: PutArgs) -> anyhow::Result<()> {
         let file = if args.no_resume {
             interruptible(client.upload_file(&args.local, &remote, options, move |n| shown.set_position(n))).await
         } else {
-            resumable(&client, server, &args, &remote, options, move |n| shown.set_position(n)).await
+            resumable(&client, &server.server, &args, &remote, options, move |n| shown.set_position(n)).await
         };
         bar.finish_and_clear();
         file?

@@ -1,37 +1,62 @@
-//! `ferry serve`: open the local store, bind, serve until Ctrl-C or SIGTERM.
+//! `ferry serve`: settle the settings, open the store, bind, serve until
+//! Ctrl-C or SIGTERM (and the metrics listener beside it, if asked).
 
 use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Context;
-use ferry_server::ServerOptions;
 use ferry_store::local::{LocalOptions, LocalStore};
 use tokio::net::TcpListener;
 
 use crate::cli::{LogFormat, ServeArgs};
+use crate::config::{self, ConfigFile};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
-    let options = LocalOptions { read_chunk: args.chunk_size };
-    let store = LocalStore::open_with(&args.root, options)
-        .with_context(|| format!("cannot use {} as the root", args.root.display()))?;
-    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let settings = config::resolve(args, file)?;
+    init_logging(settings.log_format);
+    let options = LocalOptions { read_chunk: settings.chunk_size };
+    let store = LocalStore::open_with(&settings.root, options)
+        .with_context(|| format!("cannot use {} as the root", settings.root.display()))?;
+    let store: Arc<dyn ferry_store::Store> = Arc::new(store);
+    let listener =
+        TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr().context("cannot read the listening address")?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "listening beyond loopback without TLS or authentication: anyone who can reach this address can read and write the root");
+    let metrics_listener = match settings.metrics_listen {
+        Some(at) => Some(TcpListener::bind(at).await.with_context(|| format!("cannot listen for metrics on {at}"))?),
+        None => None,
+    };
+    let options = settings.server;
+    let tls = options.tls.is_some();
+    if !addr.ip().is_loopback() && !tls {
+        tracing::warn!(%addr, "serving plain text beyond loopback (--insecure): traffic and tokens can be read on the network");
+    }
+    if options.auth.is_open() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "no tokens or client identities configured: anyone who can reach this address can read and write the root");
     }
     let shutdown = shutdown_signal()?;
-    // The one line on stdout: scripts and tests read the bound address here.
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(metrics_listener) = metrics_listener {
+        let metrics_addr = metrics_listener.local_addr().context("cannot read the metrics address")?;
+        tracing::info!(%metrics_addr, "serving metrics at /metrics");
+        let stopped = async move {
+            let _ = metrics_stopped.await;
+        };
+        tokio::spawn(ferry_server::serve_metrics(metrics_listener, options.metrics.clone(), store.clone(), stopped));
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "metrics on {metrics_addr}")
+            .and_then(|()| stdout.flush())
+            .context("cannot write to stdout")?;
+    }
+    // The last line on stdout before serving: scripts and tests read the bound address here.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {addr}").and_then(|()| stdout.flush()).context("cannot write to stdout")?;
-    tracing::info!(%addr, root = %args.root.display(), "ferry serving");
-    let options = ServerOptions {
-        stream_idle_timeout: args.idle_timeout,
-        upload_ttl: args.upload_ttl,
-        shutdown_grace: args.shutdown_grace,
-        ..ServerOptions::default()
-    };
-    ferry_server::serve(listener, Arc::new(store), options, shutdown).await?;
+    tracing::info!(%addr, root = %settings.root.display(), tls, auth = !options.auth.is_open(), "ferry serving");
+    ferry_server::serve(listener, store, options, shutdown).await?;
+    let _ = stop_metrics.send(());
     tracing::info!("stopped");
     Ok(())
 }
@@ -52,6 +77,9 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// Logs go to stderr. Each line inside a call carries the call's span:
+/// `rpc{id=… method=… who=…}` in the human format, `"span"`/`"spans"` objects
+/// in JSON, so one request id ties together every line a call causes.
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -61,6 +89,6 @@ fn init_logging(format: LogFormat) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
     }
 }

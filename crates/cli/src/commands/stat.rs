@@ -4,7 +4,7 @@ use super::connect;
 use crate::cli::StatArgs;
 use crate::output;
 
-pub async fn run(server: &str, args: StatArgs) -> anyhow::Result<()> {
+pub async fn run(server: &crate::cli::ConnectionArgs, args: StatArgs) -> anyhow::Result<()> {
     let client = connect(server, ferry_client::DEFAULT_CHUNK_SIZE).await?;
     let file = client.stat(&args.path).await?;
     if args.json {

@@ -3,31 +3,44 @@
 //! reads slowly, HTTP/2 flow control stops the sender and the reader waits, so
 //! memory per download stays a few chunks whatever the file size.
 
-use std::sync::Arc;
-
 use ferry_proto::v1::download_response::Kind;
 use ferry_proto::v1::{Chunk, DownloadRequest, DownloadResponse};
-use ferry_store::{ByteRange, Store};
+use ferry_store::ByteRange;
 use tokio_stream::StreamExt;
 
-use super::{ResponseStream, parse_path};
+use super::{Call, ResponseStream, parse_path};
+use crate::auth::Permission;
 use crate::convert;
+use crate::metrics::Direction;
 use crate::status::ServiceError;
 
 pub(super) async fn download(
-    store: Arc<dyn Store>,
+    call: Call,
     request: DownloadRequest,
-    request_id: u64,
 ) -> Result<ResponseStream<DownloadResponse>, ServiceError> {
     let path = parse_path(&request.path)?;
+    call.who.check(Permission::Read, &path)?;
+    // The slot is held by the response stream, so until the client has it all.
+    let ticket = call.ctx.admission.admit_download()?;
     let range = ByteRange { offset: request.offset, length: request.length };
-    let download = store.read(&path, range).await?;
+    let download = call.ctx.store.read(&path, range).await?;
     tracing::info!(path = %path, offset = download.offset, length = download.length, "download started");
 
     let info = DownloadResponse { kind: Some(Kind::Info(convert::file_info(&download.meta))) };
-    let chunks = download.body.map(move |read| match read {
-        Ok(data) => Ok(DownloadResponse { kind: Some(Kind::Chunk(Chunk { data, crc32c: None })) }),
-        Err(e) => Err(ServiceError::from(e).into_status(request_id)),
+    let (who, metrics, request_id) = (call.who.clone(), call.ctx.metrics.clone(), call.id);
+    let chunks = download.body.then(move |read| {
+        let _slot = &ticket;
+        let (who, metrics) = (who.clone(), metrics.clone());
+        async move {
+            match read {
+                Ok(data) => {
+                    who.pace(data.len()).await;
+                    metrics.count_bytes(Direction::Download, data.len());
+                    Ok(DownloadResponse { kind: Some(Kind::Chunk(Chunk { data, crc32c: None })) })
+                }
+                Err(e) => Err(ServiceError::from(e).into_status(request_id)),
+            }
+        }
     });
     Ok(Box::pin(tokio_stream::once(Ok(info)).chain(chunks)))
 }

@@ -1,6 +1,8 @@
 //! `ferry.v1.Ferry`: the service, dispatching each RPC to its module. Every
-//! call gets a request id, carried in its log span and in internal-error
-//! messages so an operator can match a client's report to the log.
+//! call gets a request id, carried in its log span (so in every log line it
+//! causes) and in internal-error messages, so an operator can match a
+//! client's report to the log; then it is authenticated, and each handler
+//! checks the caller's scope for the path it touches.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +21,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::auth::{self, Authenticator, Principal};
+use crate::limits::Admission;
+use crate::metrics::Metrics;
 use crate::status::ServiceError;
 
 mod download;
@@ -29,32 +34,80 @@ mod upload;
 /// A stream of responses, as the streaming RPCs return them.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// What every call shares: the store and the server's policies.
+#[derive(Debug)]
+pub struct Context {
+    pub store: Arc<dyn Store>,
+    pub auth: Authenticator,
+    pub admission: Admission,
+    pub metrics: Metrics,
+    /// How long an upload stream may stay silent before the server ends it.
+    pub idle_timeout: Duration,
+}
+
+/// One authenticated call, as its handler sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Call {
+    pub id: u64,
+    pub who: Arc<Principal>,
+    pub ctx: Arc<Context>,
+}
+
+impl Call {
+    fn store(&self) -> Arc<dyn Store> {
+        self.ctx.store.clone()
+    }
+}
+
 /// The ferry service over any [`Store`].
 #[derive(Debug, Clone)]
 pub struct FerryService {
-    store: Arc<dyn Store>,
+    ctx: Arc<Context>,
     next_request_id: Arc<AtomicU64>,
-    /// How long an upload stream may stay silent before the server ends it.
-    idle_timeout: Duration,
 }
 
 impl FerryService {
-    pub fn new(store: Arc<dyn Store>, idle_timeout: Duration) -> Self {
-        Self { store, next_request_id: Arc::new(AtomicU64::new(1)), idle_timeout }
+    pub fn new(ctx: Context) -> Self {
+        Self { ctx: Arc::new(ctx), next_request_id: Arc::new(AtomicU64::new(1)) }
     }
 
-    /// Runs one RPC's body inside a span with a fresh request id, converting
-    /// its error in the one place that builds statuses.
-    async fn call<T, F>(&self, method: &'static str, body: impl FnOnce(u64) -> F) -> Result<Response<T>, Status>
+    /// Runs one RPC: a fresh request id and log span, authentication and the
+    /// caller's request rate, then the body; its error is converted in the
+    /// one place that builds statuses.
+    async fn call<M, T, F>(
+        &self,
+        method: &'static str,
+        request: Request<M>,
+        body: impl FnOnce(Call, M) -> F,
+    ) -> Result<Response<T>, Status>
     where
         F: Future<Output = Result<T, ServiceError>>,
     {
         let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::info_span!("rpc", id, method);
-        match body(id).instrument(span.clone()).await {
+        let span = tracing::info_span!("rpc", id, method, who = tracing::field::Empty);
+        let names = client_names(&request);
+        let who = self.ctx.auth.authenticate(request.metadata(), &names).and_then(|who| {
+            who.admit_call()?;
+            Ok(who)
+        });
+        let who = match who {
+            Ok(who) => who,
+            Err(e) => return Err(span.in_scope(|| e.into_status(id))),
+        };
+        span.record("who", who.name());
+        let call = Call { id, who, ctx: self.ctx.clone() };
+        match body(call, request.into_inner()).instrument(span.clone()).await {
             Ok(reply) => Ok(Response::new(reply)),
             Err(e) => Err(span.in_scope(|| e.into_status(id))),
         }
+    }
+}
+
+/// The verified client certificate's names, with mutual TLS.
+fn client_names<M>(request: &Request<M>) -> Vec<String> {
+    match request.peer_certs() {
+        Some(chain) => chain.first().map(|leaf| auth::certificate_names(leaf)).unwrap_or_default(),
+        None => Vec::new(),
     }
 }
 
@@ -65,56 +118,48 @@ pub(crate) fn parse_path(raw: &str) -> Result<StorePath, ServiceError> {
 #[tonic::async_trait]
 impl Ferry for FerryService {
     async fn upload(&self, request: Request<Streaming<UploadRequest>>) -> Result<Response<UploadResponse>, Status> {
-        let store = self.store.clone();
-        self.call("Upload", |_| upload::upload(store, request.into_inner(), self.idle_timeout)).await
+        self.call("Upload", request, upload::upload).await
     }
 
     type DownloadStream = ResponseStream<DownloadResponse>;
 
     async fn download(&self, request: Request<DownloadRequest>) -> Result<Response<Self::DownloadStream>, Status> {
-        let store = self.store.clone();
-        self.call("Download", |id| download::download(store, request.into_inner(), id)).await
+        self.call("Download", request, download::download).await
     }
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
-        let store = self.store.clone();
-        self.call("Stat", |_| objects::stat(store, request.into_inner())).await
+        self.call("Stat", request, objects::stat).await
     }
 
     type ListStream = ResponseStream<ListResponse>;
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<Self::ListStream>, Status> {
-        let store = self.store.clone();
-        self.call("List", |id| objects::list(store, request.into_inner(), id)).await
+        self.call("List", request, objects::list).await
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        let store = self.store.clone();
-        self.call("Delete", |_| objects::delete(store, request.into_inner())).await
+        self.call("Delete", request, objects::delete).await
     }
 
     async fn create_upload(
         &self,
         request: Request<CreateUploadRequest>,
     ) -> Result<Response<CreateUploadResponse>, Status> {
-        let store = self.store.clone();
-        self.call("CreateUpload", |_| sessions::create(store, request.into_inner())).await
+        self.call("CreateUpload", request, sessions::create).await
     }
 
     async fn query_upload(
         &self,
         request: Request<QueryUploadRequest>,
     ) -> Result<Response<QueryUploadResponse>, Status> {
-        let store = self.store.clone();
-        self.call("QueryUpload", |_| sessions::query(store, request.into_inner())).await
+        self.call("QueryUpload", request, sessions::query).await
     }
 
     async fn abort_upload(
         &self,
         request: Request<AbortUploadRequest>,
     ) -> Result<Response<AbortUploadResponse>, Status> {
-        let store = self.store.clone();
-        self.call("AbortUpload", |_| sessions::abort(store, request.into_inner())).await
+        self.call("AbortUpload", request, sessions::abort).await
     }
 
     type UploadSessionStream = ResponseStream<UploadSessionResponse>;
@@ -123,8 +168,6 @@ impl Ferry for FerryService {
         &self,
         request: Request<Streaming<UploadSessionRequest>>,
     ) -> Result<Response<Self::UploadSessionStream>, Status> {
-        let store = self.store.clone();
-        let idle = self.idle_timeout;
-        self.call("UploadSession", |id| sessions::session(store, request.into_inner(), id, idle)).await
+        self.call("UploadSession", request, sessions::session).await
     }
 }

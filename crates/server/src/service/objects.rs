@@ -1,41 +1,52 @@
 //! `Stat`, `Delete` (unary) and `List` (server streaming, in batches).
 
-use std::sync::Arc;
-
 use ferry_proto::v1::{DeleteRequest, DeleteResponse, ListRequest, ListResponse, StatRequest, StatResponse};
-use ferry_store::Store;
 use tokio_stream::StreamExt;
 
-use super::{ResponseStream, parse_path};
+use super::{Call, ResponseStream, parse_path};
+use crate::auth::Permission;
 use crate::convert;
 use crate::status::ServiceError;
 
-pub(super) async fn stat(store: Arc<dyn Store>, request: StatRequest) -> Result<StatResponse, ServiceError> {
+pub(super) async fn stat(call: Call, request: StatRequest) -> Result<StatResponse, ServiceError> {
     let path = parse_path(&request.path)?;
-    let meta = store.stat(&path).await?;
+    call.who.check_stat(&path)?;
+    let meta = call.ctx.store.stat(&path).await?;
     Ok(StatResponse { info: Some(convert::file_info(&meta)) })
 }
 
-pub(super) async fn delete(store: Arc<dyn Store>, request: DeleteRequest) -> Result<DeleteResponse, ServiceError> {
+pub(super) async fn delete(call: Call, request: DeleteRequest) -> Result<DeleteResponse, ServiceError> {
     let path = parse_path(&request.path)?;
-    store.delete(&path).await?;
+    call.who.check(Permission::Delete, &path)?;
+    let size = call.ctx.admission.size_before_change(&path).await;
+    call.ctx.store.delete(&path).await?;
+    call.ctx.admission.deleted(size);
     tracing::info!(path = %path, "deleted");
     Ok(DeleteResponse {})
 }
 
-pub(super) async fn list(
-    store: Arc<dyn Store>,
-    request: ListRequest,
-    request_id: u64,
-) -> Result<ResponseStream<ListResponse>, ServiceError> {
+/// Lists a directory. A caller scoped to part of the tree sees only that
+/// part, and the directories leading to it.
+pub(super) async fn list(call: Call, request: ListRequest) -> Result<ResponseStream<ListResponse>, ServiceError> {
     // An empty path lists the root.
     let dir = match request.path.as_str() {
         "" => None,
         raw => Some(parse_path(raw)?),
     };
-    let batches = store.list(dir.as_ref(), request.recursive).await?;
-    Ok(Box::pin(batches.map(move |batch| match batch {
-        Ok(entries) => Ok(ListResponse { entries: entries.iter().map(convert::file_info).collect() }),
-        Err(e) => Err(ServiceError::from(e).into_status(request_id)),
+    call.who.check_list(dir.as_ref())?;
+    let batches = call.store().list(dir.as_ref(), request.recursive).await?;
+    let (who, request_id) = (call.who.clone(), call.id);
+    let filter = !who.sees_everything();
+    Ok(Box::pin(batches.filter_map(move |batch| match batch {
+        Ok(mut entries) => {
+            if filter {
+                entries.retain(|entry| who.shows(&entry.path));
+                if entries.is_empty() {
+                    return None;
+                }
+            }
+            Some(Ok(ListResponse { entries: entries.iter().map(convert::file_info).collect() }))
+        }
+        Err(e) => Some(Err(ServiceError::from(e).into_status(request_id))),
     })))
 }

@@ -1,36 +1,34 @@
 //! Resumable uploads: `CreateUpload`, `QueryUpload`, `AbortUpload` (unary)
 //! and `UploadSession` (bidirectional: chunks in, durable offsets out).
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use ferry_proto::v1::upload_session_request::Kind;
 use ferry_proto::v1::upload_session_response::Kind as Reply;
 use ferry_proto::v1::{
     AbortUploadRequest, AbortUploadResponse, CreateUploadRequest, CreateUploadResponse, QueryUploadRequest,
     QueryUploadResponse, UploadSessionRequest, UploadSessionResponse,
 };
-use ferry_store::{Store, UploadId};
+use ferry_store::{UploadId, UploadStatus};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tracing::Instrument;
 
-use super::upload::{Incoming, next_message, receive, write_options};
-use super::{ResponseStream, parse_path};
+use super::upload::{Incoming, next_message, receive, resume, write_options};
+use super::{Call, ResponseStream, parse_path};
+use crate::auth::Permission;
 use crate::convert;
 use crate::status::ServiceError;
 
-pub(super) async fn create(
-    store: Arc<dyn Store>,
-    request: CreateUploadRequest,
-) -> Result<CreateUploadResponse, ServiceError> {
+pub(super) async fn create(call: Call, request: CreateUploadRequest) -> Result<CreateUploadResponse, ServiceError> {
     let header = request.header.ok_or_else(|| ServiceError::protocol("CreateUpload needs a header"))?;
     if !header.upload_id.is_empty() || header.offset != 0 {
         return Err(ServiceError::protocol("CreateUpload's header must not carry upload_id or offset"));
     }
-    let upload = store.create_upload(&parse_path(&header.path)?, write_options(&header, true)?).await?;
+    let path = parse_path(&header.path)?;
+    call.who.check(Permission::Write, &path)?;
+    call.ctx.admission.check_declared_size(header.size).await?;
+    let upload = call.ctx.store.create_upload(&path, write_options(&header, true)?).await?;
     let upload_id = upload.id().to_string();
     // Dropping a resumable upload keeps its session, at offset 0.
     drop(upload);
@@ -38,11 +36,15 @@ pub(super) async fn create(
     Ok(CreateUploadResponse { upload_id })
 }
 
-pub(super) async fn query(
-    store: Arc<dyn Store>,
-    request: QueryUploadRequest,
-) -> Result<QueryUploadResponse, ServiceError> {
-    let status = store.upload_status(&UploadId::parse(&request.upload_id)?).await?;
+/// The session's status, for a caller allowed to write its path.
+async fn writable_status(call: &Call, raw_id: &str) -> Result<UploadStatus, ServiceError> {
+    let status = call.ctx.store.upload_status(&UploadId::parse(raw_id)?).await?;
+    call.who.check(Permission::Write, &status.path)?;
+    Ok(status)
+}
+
+pub(super) async fn query(call: Call, request: QueryUploadRequest) -> Result<QueryUploadResponse, ServiceError> {
+    let status = writable_status(&call, &request.upload_id).await?;
     Ok(QueryUploadResponse {
         upload_id: status.id.to_string(),
         path: status.path.to_string(),
@@ -51,13 +53,10 @@ pub(super) async fn query(
     })
 }
 
-pub(super) async fn abort(
-    store: Arc<dyn Store>,
-    request: AbortUploadRequest,
-) -> Result<AbortUploadResponse, ServiceError> {
-    let id = UploadId::parse(&request.upload_id)?;
-    store.abort_upload(&id).await?;
-    tracing::info!(upload = %id, "upload aborted");
+pub(super) async fn abort(call: Call, request: AbortUploadRequest) -> Result<AbortUploadResponse, ServiceError> {
+    let status = writable_status(&call, &request.upload_id).await?;
+    call.ctx.store.abort_upload(&status.id).await?;
+    tracing::info!(upload = %status.id, "upload aborted");
     Ok(AbortUploadResponse {})
 }
 
@@ -66,17 +65,16 @@ pub(super) async fn abort(
 const ACK_QUEUE: usize = 16;
 
 pub(super) async fn session(
-    store: Arc<dyn Store>,
+    call: Call,
     stream: Streaming<UploadSessionRequest>,
-    request_id: u64,
-    idle: Duration,
 ) -> Result<ResponseStream<UploadSessionResponse>, ServiceError> {
+    let (request_id, idle) = (call.id, call.ctx.idle_timeout);
     let mut messages = stream.map(|message| message.map(|m| m.kind));
     let start = match next_message(&mut messages, idle).await? {
         Some(Some(Kind::Start(start))) => start,
         _ => return Err(ServiceError::protocol("the first message of an upload session must be its start")),
     };
-    let mut upload = store.resume_upload(&UploadId::parse(&start.upload_id)?, start.offset).await?;
+    let (mut upload, path, mut budget) = resume(&call, &UploadId::parse(&start.upload_id)?, start.offset).await?;
 
     let (tx, rx) = mpsc::channel(ACK_QUEUE);
     // The stream outlives this call: it runs in its own task, in the call's span.
@@ -98,8 +96,8 @@ pub(super) async fn session(
                 let _ = tx.try_send(Ok(UploadSessionResponse { kind: Some(Reply::CommittedOffset(committed)) }));
             }
         };
-        let outcome = match receive(&mut *upload, incoming, idle, true, ack).await {
-            Ok(final_sha256) => upload.commit(final_sha256).await.map_err(ServiceError::from),
+        let outcome = match receive(&mut *upload, incoming, idle, true, &mut budget, ack).await {
+            Ok(final_sha256) => budget.commit(upload, &path, final_sha256).await,
             Err(e) => Err(e),
         };
         let last = match outcome {

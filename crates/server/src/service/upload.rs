@@ -8,20 +8,20 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferry_proto::v1::upload_request::Kind;
 use ferry_proto::v1::{UploadHeader, UploadRequest, UploadResponse};
-use ferry_store::{Error as StoreError, Sha256, Store, Upload, UploadId, WriteOptions};
+use ferry_store::{Error as StoreError, Metadata, Sha256, StorePath, Upload, UploadId, WriteOptions};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Status, Streaming};
 
-use super::parse_path;
+use super::{Call, Context, parse_path};
+use crate::auth::{Permission, Principal};
 use crate::convert;
+use crate::limits::UploadTicket;
+use crate::metrics::Direction;
 use crate::status::ServiceError;
 
-pub(super) async fn upload(
-    store: Arc<dyn Store>,
-    stream: Streaming<UploadRequest>,
-    idle: Duration,
-) -> Result<UploadResponse, ServiceError> {
+pub(super) async fn upload(call: Call, stream: Streaming<UploadRequest>) -> Result<UploadResponse, ServiceError> {
     let started = Instant::now();
+    let idle = call.ctx.idle_timeout;
     let mut messages = stream.map(|message| message.map(|m| m.kind));
     let header = match next_message(&mut messages, idle).await? {
         Some(Some(Kind::Header(header))) => header,
@@ -29,9 +29,18 @@ pub(super) async fn upload(
         Some(Some(Kind::Finish(_))) => return Err(ServiceError::protocol("finish arrived before the upload header")),
         _ => return Err(ServiceError::protocol("the first message of an upload must be its header")),
     };
-    let (mut upload, resumable) = match header.upload_id.as_str() {
-        "" => (store.create_upload(&parse_path(&header.path)?, write_options(&header, false)?).await?, false),
-        id => (continue_upload(&*store, &header, id).await?, true),
+    let (mut upload, path, mut budget, resumable) = match header.upload_id.as_str() {
+        "" => {
+            let path = parse_path(&header.path)?;
+            call.who.check(Permission::Write, &path)?;
+            let budget = Budget::admit(&call, header.size, header.size).await?;
+            let upload = call.ctx.store.create_upload(&path, write_options(&header, false)?).await?;
+            (upload, path, budget, false)
+        }
+        id => {
+            let (upload, path, budget) = continue_upload(&call, &header, id).await?;
+            (upload, path, budget, true)
+        }
     };
 
     let incoming = messages.map(|message| {
@@ -42,14 +51,18 @@ pub(super) async fn upload(
             None => Incoming::Unexpected("an upload message carried no header, chunk or finish"),
         })
     });
-    let final_sha256 = receive(&mut *upload, incoming, idle, resumable, |_| {}).await?;
-    let meta = upload.commit(final_sha256).await?;
+    let final_sha256 = receive(&mut *upload, incoming, idle, resumable, &mut budget, |_| {}).await?;
+    let meta = budget.commit(upload, &path, final_sha256).await?;
     tracing::info!(path = %meta.path, bytes = meta.size, elapsed_ms = started.elapsed().as_millis() as u64, "upload committed");
     Ok(UploadResponse { file: Some(convert::file_info(&meta)) })
 }
 
 /// Resumes the session named in a header that must carry nothing else.
-async fn continue_upload(store: &dyn Store, header: &UploadHeader, id: &str) -> Result<Box<dyn Upload>, ServiceError> {
+async fn continue_upload(
+    call: &Call,
+    header: &UploadHeader,
+    id: &str,
+) -> Result<(Box<dyn Upload>, StorePath, Budget), ServiceError> {
     let only_id = header.path.is_empty()
         && header.size.is_none()
         && header.sha256.is_empty()
@@ -61,7 +74,58 @@ async fn continue_upload(store: &dyn Store, header: &UploadHeader, id: &str) -> 
             "a header that continues an upload carries only upload_id and offset (the session has the rest)",
         ));
     }
-    Ok(store.resume_upload(&UploadId::parse(id)?, header.offset).await?)
+    resume(call, &UploadId::parse(id)?, header.offset).await
+}
+
+/// Opens a resumable session at `offset` for a caller allowed to write its
+/// path, once the stream is admitted.
+pub(super) async fn resume(
+    call: &Call,
+    id: &UploadId,
+    offset: u64,
+) -> Result<(Box<dyn Upload>, StorePath, Budget), ServiceError> {
+    let status = call.ctx.store.upload_status(id).await?;
+    call.who.check(Permission::Write, &status.path)?;
+    let remaining = status.size.map(|size| size.saturating_sub(offset));
+    let budget = Budget::admit(call, status.size, remaining).await?;
+    let upload = call.ctx.store.resume_upload(id, offset).await?;
+    Ok((upload, status.path, budget))
+}
+
+/// What an admitted upload stream may spend: its slot and quota
+/// reservation, its caller's bandwidth; it counts the bytes it receives.
+pub(super) struct Budget {
+    ticket: UploadTicket,
+    who: Arc<Principal>,
+    ctx: Arc<Context>,
+}
+
+impl Budget {
+    pub(super) async fn admit(call: &Call, total: Option<u64>, remaining: Option<u64>) -> Result<Self, ServiceError> {
+        let ticket = call.ctx.admission.admit_upload(total, remaining).await?;
+        Ok(Self { ticket, who: call.who.clone(), ctx: call.ctx.clone() })
+    }
+
+    /// Before `len` more bytes are written to an upload that has `received`.
+    async fn spend(&mut self, received: u64, len: usize) -> Result<(), ServiceError> {
+        self.ticket.grow_to(received.saturating_add(len as u64))?;
+        self.who.pace(len).await;
+        self.ctx.metrics.count_bytes(Direction::Upload, len);
+        Ok(())
+    }
+
+    /// Commits, and accounts the file (and any file it replaced) to the quota.
+    pub(super) async fn commit(
+        self,
+        upload: Box<dyn Upload>,
+        path: &StorePath,
+        final_sha256: Option<Sha256>,
+    ) -> Result<Metadata, ServiceError> {
+        let replaced = self.ctx.admission.size_before_change(path).await;
+        let meta = upload.commit(final_sha256).await?;
+        self.ctx.admission.committed(meta.size, replaced);
+        Ok(meta)
+    }
 }
 
 pub(super) fn write_options(header: &UploadHeader, resumable: bool) -> Result<WriteOptions, ServiceError> {
@@ -106,6 +170,7 @@ pub(super) async fn receive<S>(
     mut stream: S,
     idle: Duration,
     resumable: bool,
+    budget: &mut Budget,
     mut on_chunk: impl FnMut(&dyn Upload),
 ) -> Result<Option<Sha256>, ServiceError>
 where
@@ -130,6 +195,9 @@ where
                 {
                     let offset = upload.received();
                     break Err(ServiceError::protocol(format!("the chunk at offset {offset} failed its CRC32C check")));
+                }
+                if let Err(e) = budget.spend(upload.received(), data.len()).await {
+                    break Err(e);
                 }
                 if let Err(e) = upload.write(data).await {
                     break Err(e.into());

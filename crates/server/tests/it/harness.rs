@@ -49,7 +49,8 @@ impl TestServer {
         }
         let store = store.expect("open store");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        self.url = format!("http://{}", listener.local_addr().expect("local addr"));
+        let scheme = if self.options.tls.is_some() { "https" } else { "http" };
+        self.url = format!("{scheme}://{}", listener.local_addr().expect("local addr"));
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = ferry_server::serve(listener, Arc::new(store), self.options.clone(), async {
             let _ = stopped.await;
@@ -75,11 +76,21 @@ impl TestServer {
 
     /// The address the server listens on.
     pub fn addr(&self) -> std::net::SocketAddr {
-        self.url.trim_start_matches("http://").parse().expect("server address")
+        self.url.split_once("://").map_or(self.url.as_str(), |(_, addr)| addr).parse().expect("server address")
     }
 
     pub async fn client(&self) -> Client {
         Client::connect(&self.url).await.expect("connect")
+    }
+
+    /// A client with its own options (token, TLS files, compression).
+    pub async fn client_with(&self, options: ferry_client::ClientOptions) -> Result<Client, ferry_client::Error> {
+        Client::connect_with(&self.url, options).await
+    }
+
+    /// The options the server runs with (its `metrics` handle among them).
+    pub fn options(&self) -> &ServerOptions {
+        &self.options
     }
 
     /// The generated stub, for messages the real client would never send.

@@ -8,9 +8,13 @@
 mod harness;
 
 mod atomicity;
+mod auth;
 mod faults;
 mod hostile;
+mod limits;
+mod metrics;
 mod objects;
 mod proxy;
 mod resume;
+mod security;
 mod transfer;

@@ -173,6 +173,25 @@ impl Store for LocalStore {
         list::list(self.inner.clone(), dir.cloned(), recursive).await
     }
 
+    async fn free_space(&self) -> Result<Option<u64>> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let st = fs::fstatvfs(&inner.root).map_err(|e| Error::io("reading free space", e.into()))?;
+            // What an unprivileged writer can use (f_bavail), as df shows it.
+            Ok(Some(st.f_bavail.saturating_mul(st.f_frsize)))
+        })
+        .await
+    }
+
+    async fn count_uploads(&self) -> Result<usize> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let entries = std::fs::read_dir(&inner.uploads_dir).map_err(|e| Error::io("listing upload sessions", e))?;
+            Ok(entries.filter_map(std::result::Result::ok).filter(|e| e.path().is_dir()).count())
+        })
+        .await
+    }
+
     async fn delete(&self, path: &StorePath) -> Result<()> {
         let inner = self.inner.clone();
         let path = path.clone();

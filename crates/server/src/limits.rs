@@ -1,0 +1,280 @@
+//! Admission control: what the server refuses before it writes a byte.
+//!
+//! An upload is admitted when a concurrency slot is free and the bytes it
+//! still has to write fit under the file-size limit, the quota and the free
+//! space the store reports (less a reserve). Uploads of unknown size are
+//! checked chunk by chunk as they grow. Every refusal is RESOURCE_EXHAUSTED
+//! with a message saying which limit, and nothing is left behind.
+//!
+//! The quota counts the bytes of committed files plus the bytes that
+//! transfers in flight have reserved. It is measured by walking the store at
+//! start-up and kept up to date by ferry's own uploads and deletes; staged
+//! bytes of interrupted sessions are not counted (they expire with the
+//! session TTL).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ferry_store::{EntryKind, Store, StorePath};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_stream::StreamExt;
+
+use crate::metrics::{Direction, Metrics, TransferGauge};
+use crate::status::ServiceError;
+
+/// Configurable limits. The defaults suit a single server on a few cores:
+/// concurrency is bounded, sizes are not.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest file accepted, in bytes.
+    pub max_file_size: Option<u64>,
+    /// Total bytes of files the root may hold.
+    pub quota_bytes: Option<u64>,
+    /// Free space that uploads must leave on the store's filesystem.
+    pub min_free_bytes: u64,
+    /// Upload streams (Upload and UploadSession) in progress at once.
+    pub max_concurrent_uploads: usize,
+    /// Download streams in progress at once.
+    pub max_concurrent_downloads: usize,
+    /// Open client connections; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_file_size: None,
+            quota_bytes: None,
+            min_free_bytes: 0,
+            max_concurrent_uploads: 64,
+            max_concurrent_downloads: 256,
+            max_connections: 1024,
+        }
+    }
+}
+
+/// The runtime side of [`Limits`].
+#[derive(Debug)]
+pub struct Admission {
+    limits: Limits,
+    uploads: Arc<Semaphore>,
+    downloads: Arc<Semaphore>,
+    quota: Option<Arc<Quota>>,
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+}
+
+impl Admission {
+    /// Measures the store's usage first if a quota is set.
+    pub async fn new(limits: Limits, store: Arc<dyn Store>, metrics: Metrics) -> Result<Self, ferry_store::Error> {
+        let quota = match limits.quota_bytes {
+            Some(limit) => {
+                let used = usage(&*store).await?;
+                tracing::info!(used, limit, "quota: measured the root");
+                metrics.set_quota_used(used);
+                Some(Arc::new(Quota { limit, used: AtomicU64::new(used), reserved: AtomicU64::new(0) }))
+            }
+            None => None,
+        };
+        Ok(Self {
+            uploads: Arc::new(Semaphore::new(limits.max_concurrent_uploads)),
+            downloads: Arc::new(Semaphore::new(limits.max_concurrent_downloads)),
+            limits,
+            quota,
+            store,
+            metrics,
+        })
+    }
+
+    /// A slot for an upload stream that will write `remaining` more bytes
+    /// (if known) to a file that will be `total` bytes long (if known).
+    pub async fn admit_upload(&self, total: Option<u64>, remaining: Option<u64>) -> Result<UploadTicket, ServiceError> {
+        let permit = self.uploads.clone().try_acquire_owned().map_err(|_| {
+            ServiceError::Exhausted(format!(
+                "the server is running its limit of {} uploads at once; retry later",
+                self.limits.max_concurrent_uploads
+            ))
+        })?;
+        if let Some(total) = total {
+            self.check_file_size(total)?;
+        }
+        self.check_free_space(remaining.unwrap_or(0)).await?;
+        let mut ticket = UploadTicket {
+            _permit: permit,
+            _active: self.metrics.transfer_started(Direction::Upload),
+            quota: self.quota.clone(),
+            reserved: 0,
+            max_file_size: self.limits.max_file_size,
+        };
+        // The quota counts the whole file from the start: its committed size
+        // is what the commit adds.
+        if let Some(total) = total {
+            ticket.grow_to(total)?;
+        }
+        Ok(ticket)
+    }
+
+    /// Checks a declared size without taking a slot (CreateUpload).
+    pub async fn check_declared_size(&self, total: Option<u64>) -> Result<(), ServiceError> {
+        if let Some(total) = total {
+            self.check_file_size(total)?;
+            self.check_free_space(total).await?;
+            if let Some(quota) = &self.quota {
+                quota.check(total)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn admit_download(&self) -> Result<DownloadTicket, ServiceError> {
+        let permit = self.downloads.clone().try_acquire_owned().map_err(|_| {
+            ServiceError::Exhausted(format!(
+                "the server is running its limit of {} downloads at once; retry later",
+                self.limits.max_concurrent_downloads
+            ))
+        })?;
+        Ok(DownloadTicket { _permit: permit, _active: self.metrics.transfer_started(Direction::Download) })
+    }
+
+    /// Before a file is replaced or deleted: its size, to give back to the
+    /// quota once the change is done. Free (no lookup) without a quota.
+    pub async fn size_before_change(&self, path: &StorePath) -> u64 {
+        if self.quota.is_none() {
+            return 0;
+        }
+        match self.store.stat(path).await {
+            Ok(meta) if meta.kind == EntryKind::File => meta.size,
+            _ => 0,
+        }
+    }
+
+    /// A file of `size` bytes replaced one of `replaced` bytes.
+    pub fn committed(&self, size: u64, replaced: u64) {
+        if let Some(quota) = &self.quota {
+            let update = |used: u64| Some(used.saturating_add(size).saturating_sub(replaced));
+            if let Ok(before) = quota.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, update) {
+                self.metrics.set_quota_used(update(before).unwrap_or(0));
+            }
+        }
+    }
+
+    /// A file of `size` bytes was deleted.
+    pub fn deleted(&self, size: u64) {
+        self.committed(0, size);
+    }
+
+    fn check_file_size(&self, total: u64) -> Result<(), ServiceError> {
+        match self.limits.max_file_size {
+            Some(max) if total > max => Err(too_big(max)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn check_free_space(&self, bytes: u64) -> Result<(), ServiceError> {
+        let free = match self.store.free_space().await {
+            Ok(Some(free)) => free,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the store's free space; admitting the upload");
+                return Ok(());
+            }
+        };
+        if free < bytes.saturating_add(self.limits.min_free_bytes) {
+            return Err(ServiceError::Exhausted(format!(
+                "not enough free space on the server for {bytes} more bytes; try a smaller file or later"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn too_big(max: u64) -> ServiceError {
+    ServiceError::Exhausted(format!("the file is larger than this server's limit of {max} bytes"))
+}
+
+/// Sum of the sizes of every file in the store.
+async fn usage(store: &dyn Store) -> Result<u64, ferry_store::Error> {
+    let mut batches = store.list(None, true).await?;
+    let mut used = 0u64;
+    while let Some(batch) = batches.next().await {
+        used += batch?.iter().filter(|m| m.kind == EntryKind::File).map(|m| m.size).sum::<u64>();
+    }
+    Ok(used)
+}
+
+#[derive(Debug)]
+struct Quota {
+    limit: u64,
+    used: AtomicU64,
+    reserved: AtomicU64,
+}
+
+impl Quota {
+    fn check(&self, bytes: u64) -> Result<(), ServiceError> {
+        let taken = self.used.load(Ordering::Relaxed) + self.reserved.load(Ordering::Relaxed);
+        match taken.checked_add(bytes) {
+            Some(total) if total <= self.limit => Ok(()),
+            _ => Err(self.exceeded()),
+        }
+    }
+
+    fn reserve(&self, bytes: u64) -> Result<(), ServiceError> {
+        let used = self.used.load(Ordering::Relaxed);
+        self.reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |reserved| {
+                let total = used.checked_add(reserved)?.checked_add(bytes)?;
+                (total <= self.limit).then_some(reserved + bytes)
+            })
+            .map(|_| ())
+            .map_err(|_| self.exceeded())
+    }
+
+    fn exceeded(&self) -> ServiceError {
+        ServiceError::Exhausted(format!("the server's storage quota of {} bytes is used up", self.limit))
+    }
+}
+
+/// An admitted upload stream: holds its slot and its quota reservation
+/// until dropped.
+#[derive(Debug)]
+pub struct UploadTicket {
+    _permit: OwnedSemaphorePermit,
+    _active: TransferGauge,
+    quota: Option<Arc<Quota>>,
+    reserved: u64,
+    max_file_size: Option<u64>,
+}
+
+impl UploadTicket {
+    /// Called before the upload grows to `size` bytes (uploads of unknown
+    /// size are admitted as they grow).
+    pub fn grow_to(&mut self, size: u64) -> Result<(), ServiceError> {
+        if let Some(max) = self.max_file_size
+            && size > max
+        {
+            return Err(too_big(max));
+        }
+        if let Some(quota) = &self.quota
+            && size > self.reserved
+        {
+            quota.reserve(size - self.reserved)?;
+            self.reserved = size;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for UploadTicket {
+    fn drop(&mut self) {
+        if let Some(quota) = &self.quota {
+            quota.reserved.fetch_sub(self.reserved, Ordering::AcqRel);
+        }
+    }
+}
+
+/// An admitted download stream: holds its slot until the stream is dropped.
+#[derive(Debug)]
+pub struct DownloadTicket {
+    _permit: OwnedSemaphorePermit,
+    _active: TransferGauge,
+}

@@ -1,0 +1,1 @@
+//! Tokens and scopes: the auth matrix.

@@ -1,0 +1,1 @@
+//! Limits: each holds, and the server keeps serving everyone else.

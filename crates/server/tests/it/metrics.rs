@@ -1,0 +1,1 @@
+//! Metrics: a scrape after real traffic shows the counters moved.

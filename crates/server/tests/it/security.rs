@@ -1,0 +1,1 @@
+//! TLS and mutual TLS with certificates made in the test.
