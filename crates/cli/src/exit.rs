@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use ferry_client::{Code, Error as ClientError};
 
 pub const OTHER: u8 = 1;
+pub const USAGE: u8 = 2;
 pub const NOT_FOUND: u8 = 3;
 pub const ALREADY_EXISTS: u8 = 4;
 pub const PERMISSION: u8 = 5;
@@ -20,6 +21,9 @@ pub fn code_for(error: &anyhow::Error) -> ExitCode {
     }
     if error.downcast_ref::<Interrupted>().is_some() {
         return ExitCode::from(INTERRUPTED);
+    }
+    if error.downcast_ref::<BadSettings>().is_some() {
+        return ExitCode::from(USAGE);
     }
     let code = match error.downcast_ref::<ClientError>() {
         Some(ClientError::Connect { .. }) => UNAVAILABLE,
@@ -57,3 +61,14 @@ impl std::fmt::Display for Interrupted {
 }
 
 impl std::error::Error for Interrupted {}
+
+/// The server's settings (flags, environment, config file) do not hold
+/// together: a usage error, like a bad flag.
+#[derive(Debug)]
+pub struct BadSettings;
+
+impl std::fmt::Display for BadSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("invalid settings")
+    }
+}

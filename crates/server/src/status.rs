@@ -83,7 +83,9 @@ impl ServiceError {
                 status
             }
             other => {
-                tracing::debug!(request_id, ?code, error = %other, "request refused");
+                // Info, not debug: refusals (authentication above all) are
+                // what an operator looks for.
+                tracing::info!(request_id, code = ferry_proto::code_name(code), error = %other, "request refused");
                 Status::new(code, other.to_string())
             }
         }

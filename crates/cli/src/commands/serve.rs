@@ -10,13 +10,14 @@ use tokio::net::TcpListener;
 
 use crate::cli::{LogFormat, ServeArgs};
 use crate::config::{self, ConfigFile};
+use crate::exit::BadSettings;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let file = match &args.config {
-        Some(path) => ConfigFile::load(path)?,
+        Some(path) => ConfigFile::load(path).context(BadSettings)?,
         None => ConfigFile::default(),
     };
-    let settings = config::resolve(args, file)?;
+    let settings = config::resolve(args, file).context(BadSettings)?;
     init_logging(settings.log_format);
     let options = LocalOptions { read_chunk: settings.chunk_size };
     let store = LocalStore::open_with(&settings.root, options)

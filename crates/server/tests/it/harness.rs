@@ -18,6 +18,7 @@ pub struct TestServer {
     pub url: String,
     dir: tempfile::TempDir,
     options: ServerOptions,
+    store: Option<Arc<dyn ferry_store::Store>>,
     stop: Option<oneshot::Sender<()>>,
     running: Option<tokio::task::JoinHandle<()>>,
 }
@@ -31,7 +32,7 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir(dir.path().join("outside")).expect("outside dir");
         std::fs::write(dir.path().join("outside/secret"), b"outside the root").expect("secret file");
-        let mut server = Self { url: String::new(), dir, options, stop: None, running: None };
+        let mut server = Self { url: String::new(), dir, options, store: None, stop: None, running: None };
         server.serve().await;
         server
     }
@@ -39,6 +40,7 @@ impl TestServer {
     /// Serves the root on a fresh port.
     async fn serve(&mut self) {
         // After a stop, the previous store is released when its last task ends.
+        self.store = None;
         let mut store = LocalStore::open(self.root());
         for _ in 0..200 {
             if store.is_ok() {
@@ -47,12 +49,13 @@ impl TestServer {
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
             store = LocalStore::open(self.root());
         }
-        let store = store.expect("open store");
+        let store: Arc<dyn ferry_store::Store> = Arc::new(store.expect("open store"));
+        self.store = Some(store.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let scheme = if self.options.tls.is_some() { "https" } else { "http" };
         self.url = format!("{scheme}://{}", listener.local_addr().expect("local addr"));
         let (stop, stopped) = oneshot::channel::<()>();
-        let serving = ferry_server::serve(listener, Arc::new(store), self.options.clone(), async {
+        let serving = ferry_server::serve(listener, store, self.options.clone(), async {
             let _ = stopped.await;
         });
         self.stop = Some(stop);
@@ -86,6 +89,11 @@ impl TestServer {
     /// A client with its own options (token, TLS files, compression).
     pub async fn client_with(&self, options: ferry_client::ClientOptions) -> Result<Client, ferry_client::Error> {
         Client::connect_with(&self.url, options).await
+    }
+
+    /// The store the server serves (for `ferry_server::serve_metrics`).
+    pub fn store(&self) -> Arc<dyn ferry_store::Store> {
+        self.store.clone().expect("serving")
     }
 
     /// The options the server runs with (its `metrics` handle among them).
