@@ -66,7 +66,7 @@ pub enum CompressArg {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server, storing files under a local directory.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Upload a local file (or stdin, as `-`) to the server.
     Put(PutArgs),
     /// Download a file from the server (to stdout, as `-`).

@@ -344,7 +344,7 @@ mod tests {
         let mut argv = vec!["ferry", "serve"];
         argv.extend_from_slice(flags);
         match Cli::try_parse_from(argv).unwrap().command {
-            Command::Serve(args) => args,
+            Command::Serve(args) => *args,
             _ => unreachable!(),
         }
     }

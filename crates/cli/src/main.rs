@@ -45,7 +45,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let server = &cli.connection;
     match cli.command {
-        Command::Serve(args) => commands::serve::run(args).await,
+        Command::Serve(args) => commands::serve::run(*args).await,
         Command::Token(command) => commands::token::run(command),
         Command::Put(args) => commands::put::run(server, args).await,
         Command::Get(args) => commands::get::run(server, args).await,

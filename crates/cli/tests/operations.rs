@@ -22,6 +22,9 @@ struct Serve {
 }
 
 impl Serve {
+    // Every path either panics after killing and reaping the child, or hands
+    // it to `Serve`, whose Drop does.
+    #[allow(clippy::zombie_processes)]
     fn start(args: &[&str], scheme: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .arg("serve")
@@ -36,7 +39,11 @@ impl Serve {
         let mut metrics = None;
         loop {
             let mut line = String::new();
-            assert!(stdout.read_line(&mut line).expect("stdout") > 0, "ferry serve exited before listening");
+            if stdout.read_line(&mut line).unwrap_or(0) == 0 {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ferry serve exited before listening");
+            }
             if let Some(addr) = line.trim().strip_prefix("metrics on ") {
                 metrics = Some(addr.to_owned());
             } else if let Some(addr) = line.trim().strip_prefix("listening on ") {
