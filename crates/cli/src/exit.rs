@@ -26,7 +26,7 @@ pub fn code_for(error: &anyhow::Error) -> ExitCode {
         return ExitCode::from(USAGE);
     }
     let code = match error.downcast_ref::<ClientError>() {
-        Some(ClientError::Connect { .. }) => UNAVAILABLE,
+        Some(ClientError::Connect { .. } | ClientError::Tls { .. }) => UNAVAILABLE,
         Some(ClientError::LocalExists(_)) => ALREADY_EXISTS,
         Some(ClientError::DigestMismatch { .. }) => INTEGRITY,
         Some(ClientError::Status(status)) => match status.code() {

@@ -12,6 +12,10 @@ pub enum Error {
     /// tonic's own error repeats each layer's name around it.
     #[error("cannot connect to {url}: {reason}")]
     Connect { url: String, reason: String },
+    /// The TLS handshake failed: a certificate was refused on either side.
+    /// Not retried: trying again cannot change a certificate.
+    #[error("TLS handshake failed: {reason}")]
+    Tls { reason: String },
     /// The server (or the transport) answered with an error status.
     #[error("{}", describe_status(.0))]
     Status(tonic::Status),
@@ -32,12 +36,35 @@ pub enum Error {
 // the CLI would print its message twice.
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
-        Self::Status(status)
+        // A handshake refused by the server (a missing or untrusted client
+        // certificate) only surfaces on the first call, as UNKNOWN "transport
+        // error"; its reason is deep in the source chain.
+        match tls_failure(&status) {
+            Some(reason) => Self::Tls { reason },
+            None => Self::Status(status),
+        }
     }
+}
+
+/// rustls errors reach us wrapped in `io::Error`s of kind `InvalidData`.
+fn tls_failure(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::InvalidData
+        {
+            return Some(io.to_string());
+        }
+        cause = current.source();
+    }
+    None
 }
 
 impl Error {
     pub(crate) fn connect(url: &str, error: &tonic::transport::Error) -> Self {
+        if let Some(reason) = tls_failure(error) {
+            return Self::Tls { reason };
+        }
         let mut innermost: &dyn std::error::Error = error;
         while let Some(source) = innermost.source() {
             innermost = source;

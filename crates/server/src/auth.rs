@@ -292,7 +292,7 @@ impl Authenticator {
             return self.by_token(token);
         }
         if let Some(principal) =
-            self.clients.iter().find(|(name, _)| client_names.iter().any(|n| n == name)).map(|(_, p)| p)
+            self.clients.iter().find(|(name, _)| client_names.iter().any(|n| same_name(n, name))).map(|(_, p)| p)
         {
             return Ok(principal.clone());
         }
@@ -317,6 +317,14 @@ impl Authenticator {
             }
         }
         found.cloned().ok_or_else(|| ServiceError::Unauthenticated("the token is not valid".into()))
+    }
+}
+
+/// DNS names compare without regard to case; URIs (SPIFFE IDs) exactly.
+fn same_name(presented: &str, configured: &str) -> bool {
+    match configured.contains("://") {
+        true => presented == configured,
+        false => presented.eq_ignore_ascii_case(configured),
     }
 }
 
