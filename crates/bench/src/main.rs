@@ -18,6 +18,7 @@ use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use ferry_client::{Client, ClientOptions, Range, UploadOptions};
 
+mod compression;
 mod raw;
 mod recovery;
 mod report;
@@ -73,6 +74,10 @@ struct Args {
     /// bytes to truncate).
     #[arg(long)]
     recovery_sessions: Option<usize>,
+    /// Instead of the main series: upload and download with no gRPC
+    /// compression, gzip and zstd, on random and on text data.
+    #[arg(long)]
+    compression: bool,
 }
 
 /// Where the test file goes on the server.
@@ -105,6 +110,9 @@ async fn run(args: Args) -> Result<()> {
         return recovery::run(&base, sessions, args.runs).await;
     }
     let ferry = ferry_binary(args.ferry.as_deref())?;
+    if args.compression {
+        return compression::run(&ferry, &base, args.size, args.runs).await;
+    }
     // Declared before the server, so dropped after it: the server is killed
     // before its root is removed, on success and error alike.
     let (work, filesystem) = WorkDir::create(&base, args.size, args.keep)?;
