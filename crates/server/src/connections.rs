@@ -1,6 +1,9 @@
 //! Accepted connections, capped: past the limit a new connection is closed
-//! as soon as it is accepted (the client sees UNAVAILABLE and can retry),
-//! so a flood of connections cannot starve the clients already served.
+//! as soon as it is accepted, so a flood of connections cannot starve the
+//! clients already served. The refused client's first call fails with a
+//! transport error (tonic reports CANCELLED or UNKNOWN, depending on whether
+//! it was writing or reading when the close arrived); ferry's client
+//! retries those.
 //! Each connection holds its slot until it closes, TLS handshake included
 //! (which has its own deadline).
 

@@ -3,7 +3,8 @@
 //! An upload is admitted when a concurrency slot is free and the bytes it
 //! still has to write fit under the file-size limit, the quota and the free
 //! space the store reports (less a reserve). Uploads of unknown size are
-//! checked chunk by chunk as they grow. Every refusal is RESOURCE_EXHAUSTED
+//! checked as they grow: size and quota at every chunk, free space at every
+//! [`SPACE_CHECK_STEP`]. Every refusal is RESOURCE_EXHAUSTED
 //! with a message saying which limit, and nothing is left behind.
 //!
 //! The quota counts the bytes of committed files plus the bytes that
@@ -12,8 +13,7 @@
 //! bytes of interrupted sessions are not counted (they expire with the
 //! session TTL).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use ferry_store::{EntryKind, Store, StorePath};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -21,6 +21,9 @@ use tokio_stream::StreamExt;
 
 use crate::metrics::{Direction, Metrics, TransferGauge};
 use crate::status::ServiceError;
+
+/// How often (in bytes) an upload of unknown size re-checks free space.
+pub const SPACE_CHECK_STEP: u64 = 64 * 1024 * 1024;
 
 /// Configurable limits. The defaults suit a single server on a few cores:
 /// concurrency is bounded, sizes are not.
@@ -72,7 +75,7 @@ impl Admission {
                 let used = usage(&*store).await?;
                 tracing::info!(used, limit, "quota: measured the root");
                 metrics.set_quota_used(used);
-                Some(Arc::new(Quota { limit, used: AtomicU64::new(used), reserved: AtomicU64::new(0) }))
+                Some(Arc::new(Quota { limit, state: Mutex::new(QuotaState { used, reserved: 0 }) }))
             }
             None => None,
         };
@@ -151,10 +154,7 @@ impl Admission {
     /// A file of `size` bytes replaced one of `replaced` bytes.
     pub fn committed(&self, size: u64, replaced: u64) {
         if let Some(quota) = &self.quota {
-            let update = |used: u64| Some(used.saturating_add(size).saturating_sub(replaced));
-            if let Ok(before) = quota.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, update) {
-                self.metrics.set_quota_used(update(before).unwrap_or(0));
-            }
+            self.metrics.set_quota_used(quota.committed(size, replaced));
         }
     }
 
@@ -170,7 +170,8 @@ impl Admission {
         }
     }
 
-    async fn check_free_space(&self, bytes: u64) -> Result<(), ServiceError> {
+    /// Refuses if `bytes` more would eat into the free-space reserve.
+    pub(crate) async fn check_free_space(&self, bytes: u64) -> Result<(), ServiceError> {
         let free = match self.store.free_space().await {
             Ok(Some(free)) => free,
             Ok(None) => return Ok(()),
@@ -202,31 +203,56 @@ async fn usage(store: &dyn Store) -> Result<u64, ferry_store::Error> {
     Ok(used)
 }
 
+/// Committed and reserved bytes, under one lock: a reservation must see
+/// both at once, or a commit landing between two reads would let it overbook.
 #[derive(Debug)]
 struct Quota {
     limit: u64,
-    used: AtomicU64,
-    reserved: AtomicU64,
+    state: Mutex<QuotaState>,
+}
+
+#[derive(Debug, Default)]
+struct QuotaState {
+    used: u64,
+    reserved: u64,
 }
 
 impl Quota {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QuotaState> {
+        // The state stays consistent under every update, so a panic
+        // elsewhere while holding the lock does not invalidate it.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn check(&self, bytes: u64) -> Result<(), ServiceError> {
-        let taken = self.used.load(Ordering::Relaxed) + self.reserved.load(Ordering::Relaxed);
-        match taken.checked_add(bytes) {
+        let state = self.lock();
+        match state.used.saturating_add(state.reserved).checked_add(bytes) {
             Some(total) if total <= self.limit => Ok(()),
             _ => Err(self.exceeded()),
         }
     }
 
     fn reserve(&self, bytes: u64) -> Result<(), ServiceError> {
-        let used = self.used.load(Ordering::Relaxed);
-        self.reserved
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |reserved| {
-                let total = used.checked_add(reserved)?.checked_add(bytes)?;
-                (total <= self.limit).then_some(reserved + bytes)
-            })
-            .map(|_| ())
-            .map_err(|_| self.exceeded())
+        let mut state = self.lock();
+        match state.used.saturating_add(state.reserved).checked_add(bytes) {
+            Some(total) if total <= self.limit => {
+                state.reserved += bytes;
+                Ok(())
+            }
+            _ => Err(self.exceeded()),
+        }
+    }
+
+    fn release(&self, bytes: u64) {
+        let mut state = self.lock();
+        state.reserved = state.reserved.saturating_sub(bytes);
+    }
+
+    /// A file of `size` bytes replaced one of `replaced` bytes; returns the new usage.
+    fn committed(&self, size: u64, replaced: u64) -> u64 {
+        let mut state = self.lock();
+        state.used = state.used.saturating_add(size).saturating_sub(replaced);
+        state.used
     }
 
     fn exceeded(&self) -> ServiceError {
@@ -267,7 +293,7 @@ impl UploadTicket {
 impl Drop for UploadTicket {
     fn drop(&mut self) {
         if let Some(quota) = &self.quota {
-            quota.reserved.fetch_sub(self.reserved, Ordering::AcqRel);
+            quota.release(self.reserved);
         }
     }
 }

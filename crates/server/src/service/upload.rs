@@ -15,7 +15,7 @@ use tonic::{Status, Streaming};
 use super::{Call, Context, parse_path};
 use crate::auth::{Permission, Principal};
 use crate::convert;
-use crate::limits::UploadTicket;
+use crate::limits::{SPACE_CHECK_STEP, UploadTicket};
 use crate::metrics::Direction;
 use crate::status::ServiceError;
 
@@ -98,17 +98,28 @@ pub(super) struct Budget {
     ticket: UploadTicket,
     who: Arc<Principal>,
     ctx: Arc<Context>,
+    /// For uploads of unknown size: where free space is checked next.
+    next_space_check: Option<u64>,
 }
 
 impl Budget {
     pub(super) async fn admit(call: &Call, total: Option<u64>, remaining: Option<u64>) -> Result<Self, ServiceError> {
         let ticket = call.ctx.admission.admit_upload(total, remaining).await?;
-        Ok(Self { ticket, who: call.who.clone(), ctx: call.ctx.clone() })
+        let next_space_check = total.is_none().then_some(0);
+        Ok(Self { ticket, who: call.who.clone(), ctx: call.ctx.clone(), next_space_check })
     }
 
     /// Before `len` more bytes are written to an upload that has `received`.
     async fn spend(&mut self, received: u64, len: usize) -> Result<(), ServiceError> {
-        self.ticket.grow_to(received.saturating_add(len as u64))?;
+        let size = received.saturating_add(len as u64);
+        self.ticket.grow_to(size)?;
+        if let Some(next) = self.next_space_check
+            && size > next
+        {
+            // Room for the next stretch, so the reserve is never eaten into by more than one.
+            self.ctx.admission.check_free_space(SPACE_CHECK_STEP).await?;
+            self.next_space_check = Some(size + SPACE_CHECK_STEP);
+        }
         self.who.pace(len).await;
         self.ctx.metrics.count_bytes(Direction::Upload, len);
         Ok(())
