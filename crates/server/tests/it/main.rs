@@ -9,8 +9,10 @@ mod harness;
 
 mod atomicity;
 mod auth;
+mod compression;
 mod faults;
 mod hostile;
+mod http2;
 mod limits;
 mod metrics;
 mod objects;
