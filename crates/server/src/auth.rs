@@ -281,11 +281,13 @@ impl Authenticator {
         client_names: &[String],
     ) -> Result<Arc<Principal>, ServiceError> {
         if let Some(value) = metadata.get("authorization") {
+            // The scheme name is case-insensitive (RFC 9110 §11.1).
             let token = value
                 .to_str()
                 .ok()
-                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-                .map(str::trim)
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
+                .map(|(_, token)| token.trim())
                 .ok_or_else(|| {
                     ServiceError::Unauthenticated("the authorization header must be 'Bearer TOKEN'".into())
                 })?;
