@@ -7,7 +7,28 @@ pub mod v1 {
     tonic::include_proto!("ferry.v1");
 }
 
-/// The encoded `FileDescriptorSet` of every ferry proto (for reflection).
+/// The classic services ferry serves beside its own API, on the same port.
+pub mod compat {
+    /// `file_server.FileTransfer`: the tutorial's nameless upload.
+    pub mod file_server {
+        #![allow(missing_docs, clippy::all, missing_debug_implementations)]
+        tonic::include_proto!("file_server");
+    }
+
+    /// `FileSrv` (no package): the tutorial's header-then-chunks upload.
+    pub mod file_srv {
+        #![allow(missing_docs, clippy::all, missing_debug_implementations)]
+        include!(concat!(env!("OUT_DIR"), "/_.rs"));
+    }
+
+    /// `google.bytestream.ByteStream`.
+    pub mod bytestream {
+        #![allow(missing_docs, clippy::all, missing_debug_implementations)]
+        tonic::include_proto!("google.bytestream");
+    }
+}
+
+/// The encoded `FileDescriptorSet` of every proto ferry serves (for reflection).
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ferry_descriptor.bin"));
 
 /// Default payload bytes per `Chunk` message.

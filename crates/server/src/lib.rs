@@ -13,7 +13,8 @@
 //! | per-identity request rate and bandwidth | `rate.rs` |
 //! | the connection cap | `connections.rs` |
 //! | Prometheus metrics and their admin listener | `metrics.rs` |
-//! | the service and per-RPC dispatch | `service/mod.rs` |
+//! | the service and per-RPC dispatch (shared by every service) | `service/mod.rs` |
+//! | the tutorial services and ByteStream, on the same port | `compat/` |
 //! | upload / download / stat, list, delete | `service/{upload,download,objects}.rs` |
 //! | resumable uploads: create, query, abort, bidirectional session | `service/sessions.rs` |
 //! | errors → gRPC status codes (the only place) | `status.rs` |
@@ -23,6 +24,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_proto::compat::bytestream::byte_stream_server::ByteStreamServer;
+use ferry_proto::compat::file_server::file_transfer_server::FileTransferServer;
+use ferry_proto::compat::file_srv::file_srv_server::FileSrvServer;
 use ferry_proto::v1::ferry_server::FerryServer;
 use ferry_store::Store;
 use tokio::net::TcpListener;
@@ -35,6 +39,7 @@ use crate::limits::Admission;
 use crate::metrics::MetricsLayer;
 
 pub mod auth;
+pub mod compat;
 mod connections;
 mod convert;
 pub mod limits;
@@ -79,26 +84,35 @@ pub async fn serve(
     let incoming = connections::limited(incoming, options.limits.max_connections, options.metrics.clone());
     let admission = Admission::new(options.limits.clone(), store.clone(), options.metrics.clone()).await?;
     let mtls = options.tls.as_ref().is_some_and(|tls| tls.client_ca_pem.is_some());
-    let context = service::Context {
-        store: store.clone(),
-        auth: Authenticator::new(&options.auth, mtls),
+    let context = Arc::new(service::Context::new(
+        store.clone(),
+        Authenticator::new(&options.auth, mtls),
         admission,
-        metrics: options.metrics.clone(),
-        idle_timeout: options.stream_idle_timeout,
-    };
+        options.metrics.clone(),
+        options.stream_idle_timeout,
+    ));
     // Abandoned sessions are collected at start and then every tenth of the TTL.
     let collector = tokio::spawn(collect_abandoned_uploads(store, options.upload_ttl));
     let _stop_collector = AbortOnDrop(collector);
     // Compressed requests are always accepted; responses are compressed only
     // for clients that ask (`grpc-accept-encoding`): bulk data is often
     // incompressible, so ferry's own client does not ask by default.
-    let service = FerryServer::new(FerryService::new(context))
-        .max_decoding_message_size(options.max_message_size)
-        .max_encoding_message_size(options.max_message_size)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Zstd)
-        .send_compressed(CompressionEncoding::Gzip);
+    // Every service gets the same message limit and codecs.
+    macro_rules! configured {
+        ($server:expr) => {
+            $server
+                .max_decoding_message_size(options.max_message_size)
+                .max_encoding_message_size(options.max_message_size)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Zstd)
+                .send_compressed(CompressionEncoding::Gzip)
+        };
+    }
+    let service = configured!(FerryServer::new(FerryService::new(context.clone())));
+    let file_transfer = configured!(FileTransferServer::new(compat::FileTransferService::new(context.clone())));
+    let file_srv = configured!(FileSrvServer::new(compat::FileSrvService::new(context.clone())));
+    let bytestream = configured!(ByteStreamServer::new(compat::ByteStreamService::new(context)));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FerryServer<FerryService>>().await;
     let (began, shutdown_began) = tokio::sync::oneshot::channel::<()>();
@@ -130,6 +144,9 @@ pub async fn serve(
         .http2_max_local_error_reset_streams(Some(options.max_local_error_reset_streams))
         .http2_max_header_list_size(options.max_header_list_size)
         .add_service(service)
+        .add_service(file_transfer)
+        .add_service(file_srv)
+        .add_service(bytestream)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -32,6 +32,9 @@ pub enum ServiceError {
     /// A limit: file size, quota, free space, concurrency, request rate.
     #[error("{0}")]
     Exhausted(String),
+    /// An offset outside what exists (ByteStream's negative or too-far offsets).
+    #[error("{0}")]
+    OutOfRange(String),
     /// The client sent nothing for longer than the idle timeout.
     #[error("no message for {0:?}: stream closed (what was received is kept if the upload is resumable)")]
     Idle(std::time::Duration),
@@ -57,6 +60,7 @@ impl ServiceError {
             ServiceError::Unauthenticated(_) => Code::Unauthenticated,
             ServiceError::PermissionDenied(_) => Code::PermissionDenied,
             ServiceError::Exhausted(_) => Code::ResourceExhausted,
+            ServiceError::OutOfRange(_) => Code::OutOfRange,
         }
     }
 
@@ -100,7 +104,7 @@ fn store_code(error: &StoreError) -> Code {
         | StoreError::InvalidUploadId => Code::InvalidArgument,
         StoreError::NotFound { .. } | StoreError::UploadNotFound { .. } => Code::NotFound,
         StoreError::OffsetMismatch { .. } | StoreError::Preempted { .. } => Code::Aborted,
-        StoreError::AlreadyExists { .. } => Code::AlreadyExists,
+        StoreError::AlreadyExists { .. } | StoreError::UploadExists { .. } => Code::AlreadyExists,
         StoreError::IsDirectory { .. }
         | StoreError::ParentNotDirectory { .. }
         | StoreError::NotAFile { .. }
@@ -142,6 +146,7 @@ mod tests {
             (StoreError::StorageFull.into(), Code::ResourceExhausted),
             (StoreError::InvalidUploadId.into(), Code::InvalidArgument),
             (StoreError::UploadNotFound { id: "x".into() }.into(), Code::NotFound),
+            (StoreError::UploadExists { id: "x".into() }.into(), Code::AlreadyExists),
             (StoreError::OffsetMismatch { id: "x".into(), offset: 1, committed: 0 }.into(), Code::Aborted),
             (StoreError::Preempted { id: "x".into() }.into(), Code::Aborted),
             (ServiceError::Idle(std::time::Duration::from_secs(1)), Code::DeadlineExceeded),
@@ -151,6 +156,7 @@ mod tests {
             (ServiceError::Unauthenticated("no token".into()), Code::Unauthenticated),
             (ServiceError::PermissionDenied("out of scope".into()), Code::PermissionDenied),
             (ServiceError::Exhausted("over a limit".into()), Code::ResourceExhausted),
+            (ServiceError::OutOfRange("offset -1".into()), Code::OutOfRange),
         ];
         for (error, want) in table {
             let shown = format!("{error:?}");

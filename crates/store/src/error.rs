@@ -43,6 +43,9 @@ pub enum Error {
     InvalidUploadId,
     #[error("upload {id}: no such upload (unknown, finished, aborted or expired)")]
     UploadNotFound { id: String },
+    /// A session with the id the caller chose already exists.
+    #[error("upload {id} already exists")]
+    UploadExists { id: String },
     /// A write must continue exactly at the durable committed offset.
     #[error("write at offset {offset}, but upload {id} has {committed} bytes committed")]
     OffsetMismatch { id: String, offset: u64, committed: u64 },

@@ -112,6 +112,14 @@ impl UploadId {
         Ok(Self(hex::encode(bytes)))
     }
 
+    /// The id a protocol derives from its own name for an upload (a
+    /// ByteStream resource name, say), so that the same name finds the same
+    /// session after a restart: the first 128 bits of SHA-256(`key`).
+    pub fn derived(key: &str) -> Self {
+        use sha2::Digest as _;
+        Self(hex::encode(&sha2::Sha256::digest(key.as_bytes())[..16]))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -156,6 +164,10 @@ pub struct WriteOptions {
     /// Keep the session when the upload is dropped unfinished, so that it can
     /// be resumed ([`Store::resume_upload`]); otherwise dropping discards it.
     pub resumable: bool,
+    /// The session's id, if the caller chooses it ([`UploadId::derived`]);
+    /// a session with that id already existing is [`Error::UploadExists`].
+    /// Otherwise the store picks a random one.
+    pub upload_id: Option<UploadId>,
 }
 
 /// A download: the whole file's metadata and a stream of the range's bytes.

@@ -3,10 +3,13 @@
 //! reads slowly, HTTP/2 flow control stops the sender and the reader waits, so
 //! memory per download stays a few chunks whatever the file size.
 
+use bytes::Bytes;
 use ferry_proto::v1::download_response::Kind;
 use ferry_proto::v1::{Chunk, DownloadRequest, DownloadResponse};
-use ferry_store::ByteRange;
+use ferry_store::{ByteRange, Metadata, StorePath};
+use tokio_stream::Stream;
 use tokio_stream::StreamExt;
+use tonic::Status;
 
 use super::{Call, ResponseStream, parse_path};
 use crate::auth::Permission;
@@ -19,14 +22,26 @@ pub(super) async fn download(
     request: DownloadRequest,
 ) -> Result<ResponseStream<DownloadResponse>, ServiceError> {
     let path = parse_path(&request.path)?;
-    call.who.check(Permission::Read, &path)?;
-    // The slot is held by the response stream, so until the client has it all.
-    let ticket = call.ctx.admission.admit_download()?;
     let range = ByteRange { offset: request.offset, length: request.length };
-    let download = call.ctx.store.read(&path, range).await?;
-    tracing::info!(path = %path, offset = download.offset, length = download.length, "download started");
+    let (meta, chunks) = open(&call, &path, range).await?;
+    let info = DownloadResponse { kind: Some(Kind::Info(convert::file_info(&meta))) };
+    let chunks = chunks
+        .map(|chunk| chunk.map(|data| DownloadResponse { kind: Some(Kind::Chunk(Chunk { data, crc32c: None })) }));
+    Ok(Box::pin(tokio_stream::once(Ok(info)).chain(chunks)))
+}
 
-    let info = DownloadResponse { kind: Some(Kind::Info(convert::file_info(&download.meta))) };
+/// Opens a download for any protocol: the caller's read permission, a
+/// download slot (held by the returned stream, so until the client has it
+/// all), then the store's chunks, paced to the caller's bandwidth and counted.
+pub(crate) async fn open(
+    call: &Call,
+    path: &StorePath,
+    range: ByteRange,
+) -> Result<(Metadata, impl Stream<Item = Result<Bytes, Status>> + Send + 'static), ServiceError> {
+    call.who.check(Permission::Read, path)?;
+    let ticket = call.ctx.admission.admit_download()?;
+    let download = call.ctx.store.read(path, range).await?;
+    tracing::info!(path = %path, offset = download.offset, length = download.length, "download started");
     let (who, metrics, request_id) = (call.who.clone(), call.ctx.metrics.clone(), call.id);
     let chunks = download.body.then(move |read| {
         let _slot = &ticket;
@@ -36,11 +51,11 @@ pub(super) async fn download(
                 Ok(data) => {
                     who.pace(data.len()).await;
                     metrics.count_bytes(Direction::Download, data.len());
-                    Ok(DownloadResponse { kind: Some(Kind::Chunk(Chunk { data, crc32c: None })) })
+                    Ok(data)
                 }
                 Err(e) => Err(ServiceError::from(e).into_status(request_id)),
             }
         }
     });
-    Ok(Box::pin(tokio_stream::once(Ok(info)).chain(chunks)))
+    Ok((download.meta, chunks))
 }

@@ -26,15 +26,16 @@ use crate::limits::Admission;
 use crate::metrics::Metrics;
 use crate::status::ServiceError;
 
-mod download;
+pub(crate) mod download;
 mod objects;
 mod sessions;
-mod upload;
+pub(crate) mod upload;
 
 /// A stream of responses, as the streaming RPCs return them.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// What every call shares: the store and the server's policies.
+/// What every call shares, whichever service it arrives on: the store,
+/// the server's policies, and the request-id counter.
 #[derive(Debug)]
 pub struct Context {
     pub store: Arc<dyn Store>,
@@ -43,6 +44,50 @@ pub struct Context {
     pub metrics: Metrics,
     /// How long an upload stream may stay silent before the server ends it.
     pub idle_timeout: Duration,
+    next_request_id: AtomicU64,
+}
+
+impl Context {
+    pub fn new(
+        store: Arc<dyn Store>,
+        auth: Authenticator,
+        admission: Admission,
+        metrics: Metrics,
+        idle_timeout: Duration,
+    ) -> Self {
+        Self { store, auth, admission, metrics, idle_timeout, next_request_id: AtomicU64::new(1) }
+    }
+
+    /// Runs one RPC: a fresh request id and log span, authentication and the
+    /// caller's request rate, then the body; its error is converted in the
+    /// one place that builds statuses. Every service goes through here.
+    pub(crate) async fn call<M, T, F>(
+        self: &Arc<Self>,
+        method: &'static str,
+        request: Request<M>,
+        body: impl FnOnce(Call, M) -> F,
+    ) -> Result<Response<T>, Status>
+    where
+        F: Future<Output = Result<T, ServiceError>>,
+    {
+        let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("rpc", id, method, who = tracing::field::Empty);
+        let names = client_names(&request);
+        let who = self.auth.authenticate(request.metadata(), &names).and_then(|who| {
+            who.admit_call()?;
+            Ok(who)
+        });
+        let who = match who {
+            Ok(who) => who,
+            Err(e) => return Err(span.in_scope(|| e.into_status(id))),
+        };
+        span.record("who", who.name());
+        let call = Call { id, who, ctx: self.clone(), metadata: request.metadata().clone() };
+        match body(call, request.into_inner()).instrument(span.clone()).await {
+            Ok(reply) => Ok(Response::new(reply)),
+            Err(e) => Err(span.in_scope(|| e.into_status(id))),
+        }
+    }
 }
 
 /// One authenticated call, as its handler sees it.
@@ -51,6 +96,8 @@ pub(crate) struct Call {
     pub id: u64,
     pub who: Arc<Principal>,
     pub ctx: Arc<Context>,
+    /// The request's metadata (compatibility services read names from it).
+    pub metadata: tonic::metadata::MetadataMap,
 }
 
 impl Call {
@@ -63,17 +110,13 @@ impl Call {
 #[derive(Debug, Clone)]
 pub struct FerryService {
     ctx: Arc<Context>,
-    next_request_id: Arc<AtomicU64>,
 }
 
 impl FerryService {
-    pub fn new(ctx: Context) -> Self {
-        Self { ctx: Arc::new(ctx), next_request_id: Arc::new(AtomicU64::new(1)) }
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self { ctx }
     }
 
-    /// Runs one RPC: a fresh request id and log span, authentication and the
-    /// caller's request rate, then the body; its error is converted in the
-    /// one place that builds statuses.
     async fn call<M, T, F>(
         &self,
         method: &'static str,
@@ -83,23 +126,7 @@ impl FerryService {
     where
         F: Future<Output = Result<T, ServiceError>>,
     {
-        let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::info_span!("rpc", id, method, who = tracing::field::Empty);
-        let names = client_names(&request);
-        let who = self.ctx.auth.authenticate(request.metadata(), &names).and_then(|who| {
-            who.admit_call()?;
-            Ok(who)
-        });
-        let who = match who {
-            Ok(who) => who,
-            Err(e) => return Err(span.in_scope(|| e.into_status(id))),
-        };
-        span.record("who", who.name());
-        let call = Call { id, who, ctx: self.ctx.clone() };
-        match body(call, request.into_inner()).instrument(span.clone()).await {
-            Ok(reply) => Ok(Response::new(reply)),
-            Err(e) => Err(span.in_scope(|| e.into_status(id))),
-        }
+        self.ctx.call(method, request, body).await
     }
 }
 

@@ -79,7 +79,7 @@ async fn continue_upload(
 
 /// Opens a resumable session at `offset` for a caller allowed to write its
 /// path, once the stream is admitted.
-pub(super) async fn resume(
+pub(crate) async fn resume(
     call: &Call,
     id: &UploadId,
     offset: u64,
@@ -94,7 +94,7 @@ pub(super) async fn resume(
 
 /// What an admitted upload stream may spend: its slot and quota
 /// reservation, its caller's bandwidth; it counts the bytes it receives.
-pub(super) struct Budget {
+pub(crate) struct Budget {
     ticket: UploadTicket,
     who: Arc<Principal>,
     ctx: Arc<Context>,
@@ -103,7 +103,7 @@ pub(super) struct Budget {
 }
 
 impl Budget {
-    pub(super) async fn admit(call: &Call, total: Option<u64>, remaining: Option<u64>) -> Result<Self, ServiceError> {
+    pub(crate) async fn admit(call: &Call, total: Option<u64>, remaining: Option<u64>) -> Result<Self, ServiceError> {
         let ticket = call.ctx.admission.admit_upload(total, remaining).await?;
         let next_space_check = total.is_none().then_some(0);
         Ok(Self { ticket, who: call.who.clone(), ctx: call.ctx.clone(), next_space_check })
@@ -126,7 +126,7 @@ impl Budget {
     }
 
     /// Commits, and accounts the file (and any file it replaced) to the quota.
-    pub(super) async fn commit(
+    pub(crate) async fn commit(
         self,
         upload: Box<dyn Upload>,
         path: &StorePath,
@@ -147,19 +147,24 @@ pub(super) fn write_options(header: &UploadHeader, resumable: bool) -> Result<Wr
         mtime: convert::mtime(header.mtime)?,
         permissions: convert::permissions(header.permissions)?,
         resumable,
+        upload_id: None,
     })
 }
 
 /// An upload stream's messages after the first, whatever the RPC.
-pub(super) enum Incoming {
+pub(crate) enum Incoming {
     /// Data, and the CRC32C the client declared for it, if any.
     Chunk(Bytes, Option<u32>),
+    /// The end, with the whole file's SHA-256 if the client sent one.
     Finish(String),
+    /// The last data, which also ends the upload (ByteStream's
+    /// `finish_write`, or the clean end of a protocol without a finish).
+    Last(Bytes),
     Unexpected(&'static str),
 }
 
 /// The next message, or `DEADLINE_EXCEEDED` after `idle` without one.
-pub(super) async fn next_message<S, T>(stream: &mut S, idle: Duration) -> Result<Option<T>, ServiceError>
+pub(crate) async fn next_message<S, T>(stream: &mut S, idle: Duration) -> Result<Option<T>, ServiceError>
 where
     S: Stream<Item = Result<T, Status>> + Unpin,
 {
@@ -176,7 +181,7 @@ where
 ///
 /// If the stream breaks, idles out or misbehaves, a resumable upload is
 /// synced first, so that everything received is kept for the resume.
-pub(super) async fn receive<S>(
+pub(crate) async fn receive<S>(
     upload: &mut dyn Upload,
     mut stream: S,
     idle: Duration,
@@ -214,6 +219,18 @@ where
                     break Err(e.into());
                 }
                 on_chunk(upload);
+            }
+            Ok(Some(Incoming::Last(data))) if finished.is_none() => {
+                if !data.is_empty() {
+                    if let Err(e) = budget.spend(upload.received(), data.len()).await {
+                        break Err(e);
+                    }
+                    if let Err(e) = upload.write(data).await {
+                        break Err(e.into());
+                    }
+                    on_chunk(upload);
+                }
+                finished = Some(None);
             }
             Ok(Some(Incoming::Finish(hex))) if finished.is_none() => {
                 match convert::optional_digest("finish.sha256", &hex) {

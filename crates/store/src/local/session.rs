@@ -79,6 +79,7 @@ impl Journal {
             mtime: self.mtime.map(join_time),
             permissions: self.permissions,
             resumable: true,
+            upload_id: None,
         };
         Ok((path, options))
     }
@@ -134,7 +135,12 @@ impl SessionDir {
     /// Creates the directory and an empty data file; journals resumable ones.
     pub fn create(&self, journal: Option<&Journal>) -> Result<File> {
         let io = |e| Error::io("creating an upload session", e);
-        std::fs::create_dir(&self.dir).map_err(io)?;
+        std::fs::create_dir(&self.dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::UploadExists {
+                id: self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            },
+            _ => io(e),
+        })?;
         let data =
             std::fs::OpenOptions::new().write(true).create_new(true).mode_0600().open(self.data()).map_err(io)?;
         if let Some(journal) = journal {

@@ -184,7 +184,10 @@ impl LocalUpload {
     pub(super) async fn start(inner: Arc<Inner>, path: StorePath, options: WriteOptions) -> Result<Self> {
         let (check_inner, check_path, mode) = (inner.clone(), path.clone(), options.mode);
         blocking(move || check_target(&check_inner, &check_path, mode)).await?;
-        let id = UploadId::random()?;
+        let id = match &options.upload_id {
+            Some(id) => id.clone(),
+            None => UploadId::random()?,
+        };
         let session = SessionDir::new(&inner.uploads_dir, &id);
         let journal = options.resumable.then(|| Journal::new(&path, &options));
         let claim = match options.resumable {
