@@ -9,6 +9,7 @@ mod harness;
 
 mod atomicity;
 mod auth;
+mod bytestream;
 mod compression;
 mod faults;
 mod hostile;
