@@ -62,6 +62,10 @@ struct LimitsSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Http2Section {
+    max_frame_size: Option<Size>,
+    stream_window: Option<Size>,
+    connection_window: Option<Size>,
+    max_message_size: Option<Size>,
     max_concurrent_streams: Option<u32>,
     max_local_reset_streams: Option<usize>,
     max_header_list_size: Option<Size>,
@@ -223,6 +227,36 @@ pub fn resolve(args: ServeArgs, file: ConfigFile) -> anyhow::Result<ServeSetting
     }
 
     let header_list = size(None, &http2.max_header_list_size, "http2.max_header_list_size")?;
+    let as_u32 = |value: Option<u64>, key: &str, default: u32| match value {
+        Some(n) => u32::try_from(n).with_context(|| format!("{key} is too large")),
+        None => Ok(default),
+    };
+    // HTTP/2 bounds a frame at 16 KiB..16 MiB - 1, and a window at 2^31 - 1.
+    let frame = as_u32(
+        size(None, &http2.max_frame_size, "http2.max_frame_size")?,
+        "http2.max_frame_size",
+        defaults.http2_max_frame_size,
+    )?;
+    if !(16 * 1024..=(16 << 20) - 1).contains(&frame) {
+        bail!("http2.max_frame_size must be 16KiB..16MiB-1");
+    }
+    let window = |key: &str, value: &Option<Size>, default: u32| -> anyhow::Result<u32> {
+        let n = as_u32(size(None, value, key)?, key, default)?;
+        if !(65_535..=i32::MAX as u32).contains(&n) {
+            bail!("{key} must be 65535..2147483647 bytes");
+        }
+        Ok(n)
+    };
+    let stream_window = window("http2.stream_window", &http2.stream_window, defaults.http2_stream_window)?;
+    let connection_window =
+        window("http2.connection_window", &http2.connection_window, defaults.http2_connection_window)?;
+    let max_message_size = match size(None, &http2.max_message_size, "http2.max_message_size")? {
+        Some(n) if n < ferry_client::MAX_CHUNK_SIZE as u64 + 64 * 1024 => {
+            bail!("http2.max_message_size must hold a 4 MiB chunk: at least 4MiB + 64KiB")
+        }
+        Some(n) => usize::try_from(n).context("http2.max_message_size is too large")?,
+        None => defaults.max_message_size,
+    };
     let server = ServerOptions {
         stream_idle_timeout: duration(
             args.idle_timeout,
@@ -254,6 +288,10 @@ pub fn resolve(args: ServeArgs, file: ConfigFile) -> anyhow::Result<ServeSetting
             defaults.http2_keepalive_timeout,
         )?,
         tcp_keepalive: duration(None, &http2.tcp_keepalive, "http2.tcp_keepalive", defaults.tcp_keepalive)?,
+        http2_max_frame_size: frame,
+        http2_stream_window: stream_window,
+        http2_connection_window: connection_window,
+        max_message_size,
         tls,
         auth,
         limits,
@@ -362,6 +400,24 @@ mod tests {
         assert_eq!(settings.server.limits.max_file_size, Some(100 << 30));
         assert_eq!(settings.server.auth.tokens.len(), 2);
         assert_eq!(settings.server.stream_idle_timeout, Duration::from_secs(60));
+        // The values the example shows as defaults are the defaults.
+        let defaults = ServerOptions::default();
+        let server = &settings.server;
+        assert_eq!(server.max_message_size, defaults.max_message_size);
+        assert_eq!(server.http2_max_frame_size, defaults.http2_max_frame_size);
+        assert_eq!(server.http2_stream_window, defaults.http2_stream_window);
+        assert_eq!(server.http2_connection_window, defaults.http2_connection_window);
+        assert_eq!(server.max_concurrent_streams, defaults.max_concurrent_streams);
+        assert_eq!(server.max_local_error_reset_streams, defaults.max_local_error_reset_streams);
+        assert_eq!(server.max_header_list_size, defaults.max_header_list_size);
+        assert_eq!(server.http2_keepalive_interval, defaults.http2_keepalive_interval);
+        assert_eq!(server.http2_keepalive_timeout, defaults.http2_keepalive_timeout);
+        assert_eq!(server.tcp_keepalive, defaults.tcp_keepalive);
+        assert_eq!(server.upload_ttl, defaults.upload_ttl);
+        assert_eq!(server.shutdown_grace, defaults.shutdown_grace);
+        assert_eq!(server.limits.max_connections, Limits::default().max_connections);
+        assert_eq!(server.limits.max_concurrent_downloads, Limits::default().max_concurrent_downloads);
+        assert_eq!(settings.chunk_size, ferry_client::DEFAULT_CHUNK_SIZE);
     }
 
     #[test]
