@@ -53,8 +53,9 @@ pub struct ClientOptions {
     pub tls: TlsSettings,
     /// Bearer token sent with every call.
     pub token: Option<String>,
-    /// Compress what we send and ask the server to compress what it sends.
-    /// Off by default: file data is often incompressible (see the README).
+    /// Compress what we send, and ask the server to compress what it sends
+    /// (servers answer compressed only with zstd). Off by default: file
+    /// data is often incompressible (docs/performance.md).
     pub compression: Option<Compression>,
 }
 

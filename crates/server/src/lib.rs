@@ -94,9 +94,11 @@ pub async fn serve(
     // Abandoned sessions are collected at start and then every tenth of the TTL.
     let collector = tokio::spawn(collect_abandoned_uploads(store, options.upload_ttl));
     let _stop_collector = AbortOnDrop(collector);
-    // Compressed requests are always accepted; responses are compressed only
-    // for clients that ask (`grpc-accept-encoding`): bulk data is often
-    // incompressible, so ferry's own client does not ask by default.
+    // Compressed requests are always accepted. Responses are compressed
+    // only with zstd, for clients that list it: every grpcio client lists
+    // gzip by default, and gzipping bulk data runs at 15-20 MB/s (measured,
+    // docs/performance.md), so offering gzip would slow every tutorial client
+    // down tenfold.
     // Every service gets the same message limit and codecs.
     macro_rules! configured {
         ($server:expr) => {
@@ -106,7 +108,6 @@ pub async fn serve(
                 .accept_compressed(CompressionEncoding::Zstd)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Zstd)
-                .send_compressed(CompressionEncoding::Gzip)
         };
     }
     let service = configured!(FerryServer::new(FerryService::new(context.clone())));
