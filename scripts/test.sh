@@ -2,8 +2,9 @@
 # The whole test suite: formatting, lints, then every test in the workspace
 # (unit, integration against a real server on 127.0.0.1:0, the `ferry` binary
 # end to end, and the crash tests, which need the test-only `crash-points`
-# feature: hence --all-features), then the Python grpcio clients against the
-# binary just built. It installs what those need: a virtualenv under target/
+# feature: hence --all-features), then the Python grpcio clients (health,
+# reflection, the classic services, ferry's Python package, the tutorial
+# examples) against the binaries just built. It installs what those need: a virtualenv under target/
 # with the pinned packages of tests/python/requirements.txt, from PyPI.
 # `.ci/run` calls exactly this script.
 set -euo pipefail
@@ -18,9 +19,10 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --all-features --locked
 
-echo "== Python client tests (grpcio against the ferry binary just built)"
-cargo build --workspace --all-features --locked
+echo "== Python tests (grpcio clients against the ferry binary and the example servers just built)"
+cargo build --workspace --all-features --locked --bins --examples
 venv=target/py-test-env
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-FERRY_BIN="$PWD/target/debug/ferry" "$venv/bin/python" -m pytest -q tests/python
+FERRY_BIN="$PWD/target/debug/ferry" FERRY_EXAMPLES_DIR="$PWD/target/debug/examples" \
+    "$venv/bin/python" -m pytest -q tests/python

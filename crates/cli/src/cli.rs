@@ -156,7 +156,7 @@ pub struct ServeArgs {
     /// Upload streams at once. [default: 64]
     #[arg(long, env = "FERRY_MAX_CONCURRENT_UPLOADS")]
     pub max_concurrent_uploads: Option<usize>,
-    /// Download streams at once. [default: 256]
+    /// Download streams at once. [default: 64]
     #[arg(long, env = "FERRY_MAX_CONCURRENT_DOWNLOADS")]
     pub max_concurrent_downloads: Option<usize>,
     /// Open client connections. [default: 1024]
@@ -259,8 +259,8 @@ pub struct RmArgs {
 
 fn parse_chunk_size(raw: &str) -> Result<usize, String> {
     let size: usize = raw.parse().map_err(|e| format!("{e}"))?;
-    if size == 0 || size > ferry_client::MAX_CHUNK_SIZE {
-        return Err(format!("must be 1..={} bytes", ferry_client::MAX_CHUNK_SIZE));
+    if !(ferry_client::MIN_CHUNK_SIZE..=ferry_client::MAX_CHUNK_SIZE).contains(&size) {
+        return Err(format!("must be {}..={} bytes", ferry_client::MIN_CHUNK_SIZE, ferry_client::MAX_CHUNK_SIZE));
     }
     Ok(size)
 }

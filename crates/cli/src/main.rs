@@ -23,7 +23,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // exits 2 with a usage message on bad arguments
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // File I/O runs on tokio's blocking pool. Its default ceiling (512
+    // threads) let a burst of uploads cost ~150 MiB of stacks; past 128,
+    // more threads only queue for the same disk.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(128).build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("ferry: cannot start the async runtime: {e}");

@@ -32,7 +32,7 @@ pub mod units;
 mod upload;
 
 pub use error::Error;
-pub use ferry_proto::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};
+pub use ferry_proto::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 pub use resume::{RetryPolicy, UploadState, committed_offset};
 pub use tonic::Code;
 pub use types::{Range, RemoteFile, UploadOptions};
@@ -151,8 +151,12 @@ impl Client {
             Some("https") => true,
             _ => return Err(invalid("expected http://HOST:PORT, or https://HOST:PORT for TLS".into())),
         };
-        if options.chunk_size == 0 || options.chunk_size > ferry_proto::MAX_CHUNK_SIZE {
-            return Err(invalid(format!("chunk size must be 1..={} bytes", ferry_proto::MAX_CHUNK_SIZE)));
+        if !(ferry_proto::MIN_CHUNK_SIZE..=ferry_proto::MAX_CHUNK_SIZE).contains(&options.chunk_size) {
+            return Err(invalid(format!(
+                "chunk size must be {}..={} bytes",
+                ferry_proto::MIN_CHUNK_SIZE,
+                ferry_proto::MAX_CHUNK_SIZE
+            )));
         }
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| invalid(e.to_string()))?

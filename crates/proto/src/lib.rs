@@ -38,6 +38,11 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// per byte, larger ones cost memory without gaining speed.
 pub const DEFAULT_CHUNK_SIZE: usize = 1024 * 1024;
 
+/// Smallest chunk size ferry's clients use. Smaller chunks cost a message
+/// and an HTTP/2 frame each; h2 cuts connections that send floods of tiny
+/// frames, so a client configured for, say, 16-byte chunks would be cut off.
+pub const MIN_CHUNK_SIZE: usize = 1024;
+
 /// Largest `Chunk` payload a peer may send (a client may pick any chunk size
 /// up to this; a larger one is rejected by the message-size limit).
 pub const MAX_CHUNK_SIZE: usize = 4 * 1024 * 1024;

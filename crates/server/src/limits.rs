@@ -50,7 +50,7 @@ impl Default for Limits {
             quota_bytes: None,
             min_free_bytes: 0,
             max_concurrent_uploads: 64,
-            max_concurrent_downloads: 256,
+            max_concurrent_downloads: 64,
             max_connections: 1024,
         }
     }

@@ -18,8 +18,11 @@ use super::resolve::{self, Purpose};
 use super::{Inner, blocking, digest_cache};
 use crate::{ByteRange, Download, EntryKind, Error, Result, StorePath};
 
-/// Chunks read ahead of the network.
-const READ_AHEAD: usize = 4;
+/// Chunks read ahead of the network. With the chunk tonic is encoding and
+/// the one h2 holds for the socket, an unread download pins READ_AHEAD + 2
+/// chunks: 4 MiB with the defaults, which is what bounds memory when many
+/// clients stop reading (docs/operations.md, "Memory bound").
+const READ_AHEAD: usize = 2;
 
 /// Opens `dir/name` for reading if, and only if, it is a regular file.
 pub(super) fn open_file(dir: BorrowedFd<'_>, name: &str, path: &StorePath) -> Result<(File, Stat)> {
