@@ -3,8 +3,9 @@
 //! An upload is admitted when a concurrency slot is free and the bytes it
 //! still has to write fit under the file-size limit, the quota and the free
 //! space the store reports (less a reserve). Uploads of unknown size are
-//! checked as they grow: size and quota at every chunk, free space at every
-//! [`SPACE_CHECK_STEP`]. Every refusal is RESOURCE_EXHAUSTED
+//! checked as they grow: size and quota at every chunk, the free-space
+//! reserve every [`SPACE_CHECK_STEP`] (so they may dip into the reserve by
+//! at most one step). Every refusal is RESOURCE_EXHAUSTED
 //! with a message saying which limit, and nothing is left behind.
 //!
 //! The quota counts the bytes of committed files plus the bytes that

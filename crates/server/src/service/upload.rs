@@ -116,8 +116,9 @@ impl Budget {
         if let Some(next) = self.next_space_check
             && size > next
         {
-            // Room for the next stretch, so the reserve is never eaten into by more than one.
-            self.ctx.admission.check_free_space(SPACE_CHECK_STEP).await?;
+            // The reserve must still hold after this chunk; between checks an
+            // upload can eat into it by at most one step.
+            self.ctx.admission.check_free_space(len as u64).await?;
             self.next_space_check = Some(size + SPACE_CHECK_STEP);
         }
         self.who.pace(len).await;

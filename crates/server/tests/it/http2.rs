@@ -619,3 +619,41 @@ async fn keepalive_frees_a_dead_peers_upload_slot() {
     drop(tx);
     still_serves(&server, "keepalive").await;
 }
+
+/// TCP keepalive is on for accepted connections, at the configured idle time:
+/// the kernel shows it as a `keepalive` timer on the server's side of the
+/// socket (`ss -o`). What happens when probes go unanswered is the kernel's
+/// business; the HTTP/2 PING test above shows a dead peer being dropped.
+#[tokio::test]
+async fn accepted_connections_have_tcp_keepalive() {
+    let options = ServerOptions { tcp_keepalive: Duration::from_secs(42), ..ServerOptions::default() };
+    let server = TestServer::start_with(options).await;
+    let client = server.client().await;
+    client.list("", false).await.expect("a call, so the connection is up");
+    let port = server.addr().port();
+    // The keepalive timer shows once the socket is idle (no unacknowledged data).
+    let mut sockets = String::new();
+    for _ in 0..40 {
+        let output = std::process::Command::new("ss")
+            .args(["-tnoH", "state", "established", "sport", "=", &format!(":{port}")])
+            .output();
+        let Ok(output) = output else {
+            eprintln!("SKIPPED: `ss` (iproute2) is not installed");
+            return;
+        };
+        sockets = String::from_utf8_lossy(&output.stdout).into_owned();
+        if sockets.contains("keepalive") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sockets.contains("keepalive"), "no keepalive timer on the server side:\n{sockets}");
+    // The first probe is due within the configured idle time.
+    let due = sockets
+        .split("timer:(keepalive,")
+        .nth(1)
+        .and_then(|rest| rest.split(['s', 'm', ',']).next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(due.is_some_and(|secs| secs <= 42), "keepalive timer {due:?} in:\n{sockets}");
+    still_serves(&server, "keepalive").await;
+}
