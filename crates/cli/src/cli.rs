@@ -107,8 +107,18 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Directory that holds the served files (created if missing). [default: ./ferry-data]
-    #[arg(long, env = "FERRY_ROOT")]
+    #[arg(long, env = "FERRY_ROOT", conflicts_with = "storage")]
     pub root: Option<PathBuf>,
+    /// Store files in an S3-compatible bucket instead of --root:
+    /// s3://BUCKET[/PREFIX]. Credentials: the standard AWS_* variables.
+    #[arg(long, env = "FERRY_STORAGE")]
+    pub storage: Option<String>,
+    /// S3 endpoint URL, for servers other than AWS (Ceph RGW, MinIO, moto...).
+    #[arg(long, env = "FERRY_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region. [default: AWS_REGION, else us-east-1]
+    #[arg(long, env = "FERRY_S3_REGION")]
+    pub s3_region: Option<String>,
     /// Bytes per download chunk. [default: 1MiB]
     #[arg(long, env = "FERRY_CHUNK_SIZE", value_parser = parse_chunk_size)]
     pub chunk_size: Option<usize>,

@@ -21,6 +21,10 @@ use crate::cli::{LogFormat, ServeArgs};
 pub struct ConfigFile {
     listen: Option<SocketAddr>,
     root: Option<PathBuf>,
+    /// `s3://BUCKET[/PREFIX]` instead of `root`.
+    storage: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
     chunk_size: Option<Size>,
     log_format: Option<LogFormat>,
     idle_timeout: Option<Interval>,
@@ -142,11 +146,18 @@ impl ConfigFile {
     }
 }
 
+/// Where the files live.
+#[derive(Debug)]
+pub enum Storage {
+    Local(PathBuf),
+    S3(ferry_store::s3::S3Config),
+}
+
 /// Everything `ferry serve` runs with.
 #[derive(Debug)]
 pub struct ServeSettings {
     pub listen: SocketAddr,
-    pub root: PathBuf,
+    pub storage: Storage,
     pub chunk_size: usize,
     pub log_format: LogFormat,
     pub metrics_listen: Option<SocketAddr>,
@@ -299,12 +310,29 @@ pub fn resolve(args: ServeArgs, file: ConfigFile) -> anyhow::Result<ServeSetting
     };
     Ok(ServeSettings {
         listen,
-        root: args.root.or(file.root).unwrap_or_else(|| PathBuf::from("./ferry-data")),
+        storage: storage(&args, &file, chunk_size)?,
         chunk_size,
         log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Human),
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
         server,
     })
+}
+
+fn storage(args: &ServeArgs, file: &ConfigFile, chunk_size: usize) -> anyhow::Result<Storage> {
+    let url = args.storage.clone().or_else(|| if args.root.is_some() { None } else { file.storage.clone() });
+    let Some(url) = url else {
+        return Ok(Storage::Local(
+            args.root.clone().or(file.root.clone()).unwrap_or_else(|| PathBuf::from("./ferry-data")),
+        ));
+    };
+    if file.root.is_some() && file.storage.is_some() {
+        bail!("the config file sets both root and storage: choose one");
+    }
+    let mut config = ferry_store::s3::S3Config::from_url(&url).map_err(|e| anyhow::anyhow!("storage: {e}"))?;
+    config.endpoint = args.s3_endpoint.clone().or(file.s3_endpoint.clone());
+    config.region = args.s3_region.clone().or(file.s3_region.clone());
+    config.read_chunk = chunk_size;
+    Ok(Storage::S3(config))
 }
 
 fn tls_options(args: &ServeArgs, file: Option<&TlsSection>) -> anyhow::Result<Option<TlsOptions>> {

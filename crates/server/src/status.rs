@@ -76,6 +76,10 @@ impl ServiceError {
                 tracing::error!(request_id, op, error = %source, "storage failure");
                 Status::new(code, format!("internal storage error (request id {request_id})"))
             }
+            ServiceError::Store(StoreError::Unavailable { op, detail }) => {
+                tracing::error!(request_id, op, error = %detail, "storage backend unavailable");
+                Status::new(code, format!("storage backend unavailable; retry later (request id {request_id})"))
+            }
             ServiceError::Store(StoreError::OffsetMismatch { committed, .. })
             | ServiceError::Incomplete { committed, .. } => {
                 let message = self.to_string();
@@ -112,6 +116,7 @@ fn store_code(error: &StoreError) -> Code {
         StoreError::Symlink { .. } => Code::PermissionDenied,
         StoreError::RangeStartsPastEnd { .. } | StoreError::RangeOverflow { .. } => Code::OutOfRange,
         StoreError::StorageFull => Code::ResourceExhausted,
+        StoreError::Unavailable { .. } => Code::Unavailable,
         _ => Code::Internal,
     }
 }
@@ -152,6 +157,7 @@ mod tests {
             (ServiceError::Idle(std::time::Duration::from_secs(1)), Code::DeadlineExceeded),
             (ServiceError::Incomplete { received: 5, committed: 4 }, Code::Aborted),
             (StoreError::io("writing", std::io::Error::other("EIO /srv/secret")).into(), Code::Internal),
+            (StoreError::Unavailable { op: "reading", detail: "connection refused".into() }.into(), Code::Unavailable),
             (Status::cancelled("gone").into(), Code::Cancelled),
             (ServiceError::Unauthenticated("no token".into()), Code::Unauthenticated),
             (ServiceError::PermissionDenied("out of scope".into()), Code::PermissionDenied),

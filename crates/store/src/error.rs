@@ -56,6 +56,11 @@ pub enum Error {
     /// OS error. Never sent to clients.
     #[error("storage I/O error while {op}: {source}")]
     Io { op: &'static str, source: io::Error },
+    /// A remote backend (an object store) could not be reached or kept
+    /// failing after its retries. Transient from the client's view; the
+    /// detail is logged, never sent.
+    #[error("storage backend unavailable while {op}: {detail}")]
+    Unavailable { op: &'static str, detail: String },
 }
 
 impl Error {

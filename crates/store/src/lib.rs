@@ -22,6 +22,8 @@ mod digest;
 mod error;
 pub mod local;
 mod path;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 pub use digest::{DigestParseError, Sha256};
 pub use error::{Error, Result};

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ferry_store::local::{LocalOptions, LocalStore};
+use ferry_store::s3::S3Store;
 use tokio::net::TcpListener;
 
 use crate::cli::{LogFormat, ServeArgs};
-use crate::config::{self, ConfigFile};
+use crate::config::{self, ConfigFile, Storage};
 use crate::exit::BadSettings;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -19,10 +20,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let settings = config::resolve(args, file).context(BadSettings)?;
     init_logging(settings.log_format);
-    let options = LocalOptions { read_chunk: settings.chunk_size };
-    let store = LocalStore::open_with(&settings.root, options)
-        .with_context(|| format!("cannot use {} as the root", settings.root.display()))?;
-    let store: Arc<dyn ferry_store::Store> = Arc::new(store);
+    let (store, location): (Arc<dyn ferry_store::Store>, String) = match &settings.storage {
+        Storage::Local(root) => {
+            let options = LocalOptions { read_chunk: settings.chunk_size };
+            let store = LocalStore::open_with(root, options)
+                .with_context(|| format!("cannot use {} as the root", root.display()))?;
+            (Arc::new(store), root.display().to_string())
+        }
+        Storage::S3(config) => {
+            let location = format!("s3://{}/{}", config.bucket, config.prefix);
+            let store = S3Store::open(config.clone()).await.with_context(|| format!("cannot use {location}"))?;
+            (Arc::new(store), location)
+        }
+    };
     let listener =
         TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr().context("cannot read the listening address")?;
@@ -55,7 +65,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // The last line on stdout before serving: scripts and tests read the bound address here.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {addr}").and_then(|()| stdout.flush()).context("cannot write to stdout")?;
-    tracing::info!(%addr, root = %settings.root.display(), tls, auth = !options.auth.is_open(), "ferry serving");
+    tracing::info!(%addr, storage = %location, tls, auth = !options.auth.is_open(), "ferry serving");
     ferry_server::serve(listener, store, options, shutdown).await?;
     let _ = stop_metrics.send(());
     tracing::info!("stopped");
