@@ -37,6 +37,18 @@ impl Server {
         Self { child, url }
     }
 
+    /// A server over `s3://BUCKET/PREFIX` on moto, on a free loopback port.
+    pub fn start_s3(moto: &Moto, storage: &str) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        command.args(["serve", "--listen", "127.0.0.1:0", "--storage", storage, "--s3-endpoint", &moto.endpoint]);
+        command.envs(moto.env()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = command.spawn().expect("spawn ferry serve");
+        let mut line = String::new();
+        let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
+        let url = line.trim().strip_prefix("listening on ").map(|addr| format!("http://{addr}"));
+        Self { child, url }
+    }
+
     /// A server on a free loopback port.
     pub fn start(root: &Path, crash_at: Option<&str>, extra: &[&str]) -> Self {
         Self::start_with(root, "127.0.0.1:0", crash_at, extra)
@@ -92,4 +104,72 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))
+}
+
+/// A moto S3 server (Python `moto[server]`, in memory) on a free loopback
+/// port, killed when dropped; `None` (after saying SKIPPED) when moto is not
+/// installed and `FERRY_REQUIRE_S3` is unset. scripts/test.sh installs it in
+/// target/py-test-env and sets `FERRY_REQUIRE_S3=1`.
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start() -> Option<Self> {
+        let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/py-test-env/bin/moto_server");
+        let binary = std::env::var_os("FERRY_MOTO_SERVER").map(std::path::PathBuf::from).unwrap_or(default);
+        if !binary.exists() {
+            assert!(
+                std::env::var_os("FERRY_REQUIRE_S3").is_none(),
+                "no moto_server at {} (FERRY_REQUIRE_S3 is set)",
+                binary.display()
+            );
+            eprintln!("SKIPPED: no moto_server (run scripts/test.sh, or set FERRY_MOTO_SERVER)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn moto_server");
+        let moto = Self { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + TIMEOUT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(moto)
+    }
+
+    /// Creates a bucket (moto takes unsigned requests).
+    pub fn create_bucket(&self, name: &str) {
+        use std::io::{Read, Write};
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect to moto");
+        write!(stream, "PUT /{name} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "creating bucket {name}: {response}");
+    }
+
+    /// The environment `ferry serve --storage s3://…` needs to reach it.
+    pub fn env(&self) -> [(&'static str, String); 3] {
+        [
+            ("AWS_ACCESS_KEY_ID", "ferry-test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "ferry-test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
