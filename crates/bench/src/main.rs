@@ -22,6 +22,7 @@ mod compression;
 mod raw;
 mod recovery;
 mod report;
+mod s3;
 mod server;
 mod stats;
 mod system;
@@ -78,6 +79,13 @@ struct Args {
     /// compression, gzip and zstd, on random and on text data.
     #[arg(long)]
     compression: bool,
+    /// Instead of the main series: ferry over this S3-compatible endpoint
+    /// against `aws s3 cp` to it (needs --s3-bucket and AWS_* credentials).
+    #[arg(long, requires = "s3_bucket")]
+    s3_endpoint: Option<String>,
+    /// The bucket for --s3-endpoint (it must exist).
+    #[arg(long)]
+    s3_bucket: Option<String>,
 }
 
 /// Where the test file goes on the server.
@@ -110,6 +118,9 @@ async fn run(args: Args) -> Result<()> {
         return recovery::run(&base, sessions, args.runs).await;
     }
     let ferry = ferry_binary(args.ferry.as_deref())?;
+    if let (Some(endpoint), Some(bucket)) = (&args.s3_endpoint, &args.s3_bucket) {
+        return s3::run(&ferry, &base, endpoint, bucket, args.size, args.runs).await;
+    }
     if args.compression {
         return compression::run(&ferry, &base, args.size, args.runs).await;
     }

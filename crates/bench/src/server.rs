@@ -35,11 +35,17 @@ impl Server {
     /// Starts `ferry serve` on a free loopback port with its log in `log`,
     /// and waits for the one `listening on ADDR` line it prints once bound.
     pub fn start(ferry: &Path, root: &Path, chunk_size: usize, log: &Path) -> Result<Self> {
+        Self::start_with(ferry, &["--root".as_ref(), root.as_os_str()], chunk_size, log)
+    }
+
+    /// Starts `ferry serve` with `storage` arguments (`--root DIR`, or
+    /// `--storage s3://… --s3-endpoint …`).
+    pub fn start_with(ferry: &Path, storage: &[&std::ffi::OsStr], chunk_size: usize, log: &Path) -> Result<Self> {
         let log_file = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let child = Command::new(ferry)
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--root"])
-            .arg(root)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(storage)
             .args(["--chunk-size", &chunk_size.to_string()])
             // The log level changes throughput: measure the default, whatever RUST_LOG says here.
             .env("RUST_LOG", "info")

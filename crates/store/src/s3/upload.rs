@@ -1,11 +1,12 @@
 //! Uploads into S3: one multipart upload per file, its state in the bucket.
 //!
-//! Bytes are spooled into a part buffer; a full part (8 MiB) is uploaded,
-//! and then the session record (`.ferry/uploads/ID`) is rewritten with the
-//! part's ETag, the new committed offset and the SHA-256 state at that
-//! offset. The committed offset is therefore always a part boundary, and a
-//! resume anywhere re-reads nothing. Memory per upload: the part filling and
-//! the one in flight. `commit` uploads the last part, checks size and
+//! Bytes are spooled into a part buffer; a full part (8 MiB) is sent, up to
+//! three at once. As each finishes, in order, the session record
+//! (`.ferry/uploads/ID`) is rewritten with the part's ETag, the new
+//! committed offset and the SHA-256 state at that offset. The committed
+//! offset is therefore always a part boundary, and a resume anywhere
+//! re-reads nothing. Memory per upload: the part filling and up to three in
+//! flight (32 MiB). `commit` uploads the last part, checks size and
 //! digest, completes the multipart upload (the object appears, whole, at
 //! that moment), then writes the file's record. Anything that fails aborts
 //! the multipart upload: S3 keeps no orphaned parts.
@@ -175,6 +176,19 @@ async fn session_ids(inner: &Inner) -> Result<Vec<UploadId>> {
     Ok(ids)
 }
 
+/// Parts uploading at once per upload: S3 takes parts in parallel, and one
+/// at a time left the network idle while each part's request completed.
+/// Memory per upload: this many parts plus the one filling.
+const PARTS_IN_FLIGHT: usize = 3;
+
+/// A part on its way: its length, the hash state after it, the request.
+#[derive(Debug)]
+struct InFlight {
+    len: u64,
+    hash_state: String,
+    request: tokio::task::JoinHandle<object_store::Result<PartId>>,
+}
+
 /// An upload in progress.
 #[derive(Debug)]
 pub(super) struct S3Upload {
@@ -184,6 +198,7 @@ pub(super) struct S3Upload {
     record: SessionRecord,
     hasher: sha2::Sha256,
     buffer: BytesMut,
+    in_flight: std::collections::VecDeque<InFlight>,
     received: u64,
     generation: u64,
     takeover: watch::Receiver<u64>,
@@ -230,6 +245,7 @@ impl S3Upload {
             record,
             hasher,
             buffer: BytesMut::new(),
+            in_flight: Default::default(),
             received: 0,
             generation,
             takeover,
@@ -253,6 +269,7 @@ impl S3Upload {
             path,
             hasher,
             buffer: BytesMut::new(),
+            in_flight: Default::default(),
             received: record.committed,
             record,
             generation,
@@ -268,26 +285,46 @@ impl S3Upload {
         }
     }
 
-    /// Uploads the buffer as the next part and records it.
+    /// Sends the buffer as the next part; waits for the oldest part in
+    /// flight first if there are already [`PARTS_IN_FLIGHT`].
     async fn flush_part(&mut self) -> Result<()> {
         self.check_claim()?;
+        if self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.complete_oldest().await?;
+        }
         let data = self.buffer.split().freeze();
         let len = data.len() as u64;
-        let key = self.inner.key(&self.path);
-        let index = self.record.parts.len();
-        let part = self
-            .inner
-            .s3
-            .put_part(&key, &self.record.multipart_id, index, PutPayload::from(data))
+        let (inner, key) = (self.inner.clone(), self.inner.key(&self.path));
+        let (multipart_id, index) = (self.record.multipart_id.clone(), self.record.parts.len() + self.in_flight.len());
+        let request =
+            tokio::spawn(async move { inner.s3.put_part(&key, &multipart_id, index, PutPayload::from(data)).await });
+        self.in_flight.push_back(InFlight { len, hash_state: hex::encode(self.hasher.serialize()), request });
+        Ok(())
+    }
+
+    /// Waits for the oldest part in flight and records it: the committed
+    /// offset only ever covers a contiguous run of finished parts.
+    async fn complete_oldest(&mut self) -> Result<()> {
+        let Some(part) = self.in_flight.pop_front() else { return Ok(()) };
+        let id = part
+            .request
             .await
+            .map_err(|e| backend("uploading a part", &e))?
             .map_err(|e| backend("uploading a part", &e))?;
-        self.record.parts.push(part.content_id);
-        self.record.committed += len;
-        self.record.hash_state = hex::encode(self.hasher.serialize());
+        self.record.parts.push(id.content_id);
+        self.record.committed += part.len;
+        self.record.hash_state = part.hash_state;
         self.record.touched = now_secs();
         if self.record.resumable {
             self.check_claim()?;
             save(&self.inner, &self.id, &self.record).await?;
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self) -> Result<()> {
+        while !self.in_flight.is_empty() {
+            self.complete_oldest().await?;
         }
         Ok(())
     }
@@ -311,9 +348,10 @@ impl S3Upload {
             return Err(Error::AlreadyExists { path: self.path.as_str().to_owned() });
         }
         // S3 needs at least one part; an empty file is one empty part.
-        if !self.buffer.is_empty() || self.record.parts.is_empty() {
+        if !self.buffer.is_empty() || (self.record.parts.is_empty() && self.in_flight.is_empty()) {
             self.flush_part().await?;
         }
+        self.drain().await?;
         let parts = self.record.parts.iter().map(|etag| PartId { content_id: etag.clone() }).collect();
         let put = self
             .inner
@@ -373,9 +411,11 @@ impl Upload for S3Upload {
         self.record.committed
     }
 
-    /// Only whole parts are durable in S3: what is still in the buffer
-    /// (under one part) is not, and a resume starts at the last part boundary.
+    /// Only whole parts are durable in S3: the parts in flight are waited
+    /// for, but what is still in the buffer (under one part) is not durable,
+    /// and a resume starts at the last part boundary.
     async fn sync(&mut self) -> Result<u64> {
+        self.drain().await?;
         Ok(self.record.committed)
     }
 
