@@ -353,14 +353,16 @@ impl S3Upload {
         }
         self.drain().await?;
         let parts = self.record.parts.iter().map(|etag| PartId { content_id: etag.clone() }).collect();
-        let put = self
-            .inner
+        self.inner
             .s3
             .complete_multipart(&key, &self.record.multipart_id, parts)
             .await
             .map_err(|e| map_error(e, self.path.as_str(), "completing an upload"))?;
+        // The ETag from a HEAD, not from the completion's answer: Ceph RGW 16
+        // answers CompleteMultipartUpload with an empty ETag.
+        let object = self.inner.s3.head(&key).await.map_err(|e| map_error(e, self.path.as_str(), "reading metadata"))?;
         let file = FileRecord {
-            etag: put.e_tag.clone(),
+            etag: object.e_tag.clone(),
             size: self.received,
             sha256: sha256.to_hex(),
             mtime_ns: self.record.mtime_ns,
@@ -372,9 +374,6 @@ impl S3Upload {
             .put(&self.inner.meta_key(&self.path), PutPayload::from(json))
             .await
             .map_err(|e| backend("writing a file record", &e))?;
-        // The listing form (HEAD) gives the authoritative size and mtime.
-        let object =
-            self.inner.s3.head(&key).await.map_err(|e| map_error(e, self.path.as_str(), "reading metadata"))?;
         let mut meta = self.inner.file_metadata(&self.path, &object).await;
         meta.kind = EntryKind::File;
         meta.sha256 = Some(sha256);
