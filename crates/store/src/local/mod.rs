@@ -187,7 +187,8 @@ impl Store for LocalStore {
         let inner = self.inner.clone();
         blocking(move || {
             let entries = std::fs::read_dir(&inner.uploads_dir).map_err(|e| Error::io("listing upload sessions", e))?;
-            Ok(entries.filter_map(std::result::Result::ok).filter(|e| e.path().is_dir()).count())
+            // Resumable sessions have a journal; plain uploads in progress do not.
+            Ok(entries.filter_map(std::result::Result::ok).filter(|e| e.path().join("journal").is_file()).count())
         })
         .await
     }

@@ -189,6 +189,10 @@ impl LocalUpload {
             None => UploadId::random()?,
         };
         let session = SessionDir::new(&inner.uploads_dir, &id);
+        // Before claiming: a claim would preempt a live stream of that session.
+        if options.upload_id.is_some() && session.dir.exists() {
+            return Err(Error::UploadExists { id: id.to_string() });
+        }
         let journal = options.resumable.then(|| Journal::new(&path, &options));
         let claim = match options.resumable {
             true => Some(inner.sessions.claim(&id).await),

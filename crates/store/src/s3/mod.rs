@@ -99,8 +99,25 @@ struct FileRecord {
     etag: Option<String>,
     size: u64,
     sha256: String,
-    mtime_ns: Option<u128>,
+    /// Nanoseconds from the epoch, negative before it.
+    mtime_ns: Option<i128>,
     permissions: u32,
+}
+
+/// A time as signed nanoseconds from the Unix epoch (files may predate it).
+pub(super) fn to_unix_ns(time: SystemTime) -> i128 {
+    match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => after.as_nanos() as i128,
+        Err(before) => -(before.duration().as_nanos() as i128),
+    }
+}
+
+fn from_unix_ns(ns: i128) -> SystemTime {
+    let magnitude = Duration::from_nanos(u64::try_from(ns.unsigned_abs()).unwrap_or(u64::MAX));
+    match ns >= 0 {
+        true => SystemTime::UNIX_EPOCH + magnitude,
+        false => SystemTime::UNIX_EPOCH - magnitude,
+    }
 }
 
 impl S3Store {
@@ -173,7 +190,7 @@ impl Inner {
         let mtime = record
             .as_ref()
             .and_then(|r| r.mtime_ns)
-            .map(|ns| SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX)))
+            .map(from_unix_ns)
             .unwrap_or_else(|| SystemTime::from(object.last_modified));
         Metadata {
             path: path.clone(),

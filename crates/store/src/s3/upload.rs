@@ -75,7 +75,7 @@ struct SessionRecord {
     hash_state: String,
     size: Option<u64>,
     sha256: Option<String>,
-    mtime_ns: Option<u128>,
+    mtime_ns: Option<i128>,
     permissions: Option<u32>,
     create_only: bool,
     resumable: bool,
@@ -228,7 +228,7 @@ impl S3Upload {
             hash_state: hex::encode(hasher.serialize()),
             size: options.size,
             sha256: options.sha256.map(|d| d.to_hex()),
-            mtime_ns: options.mtime.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos()),
+            mtime_ns: options.mtime.map(super::to_unix_ns),
             permissions: options.permissions,
             create_only: options.mode == WriteMode::CreateOnly,
             resumable: options.resumable,
@@ -360,7 +360,8 @@ impl S3Upload {
             .map_err(|e| map_error(e, self.path.as_str(), "completing an upload"))?;
         // The ETag from a HEAD, not from the completion's answer: Ceph RGW 16
         // answers CompleteMultipartUpload with an empty ETag.
-        let object = self.inner.s3.head(&key).await.map_err(|e| map_error(e, self.path.as_str(), "reading metadata"))?;
+        let object =
+            self.inner.s3.head(&key).await.map_err(|e| map_error(e, self.path.as_str(), "reading metadata"))?;
         let file = FileRecord {
             etag: object.e_tag.clone(),
             size: self.received,
@@ -387,13 +388,19 @@ impl Upload for S3Upload {
         &self.id
     }
 
-    async fn write(&mut self, data: Bytes) -> Result<()> {
+    /// Parts are exactly `part_size` bytes (some S3 servers require equal
+    /// parts), and the hash state recorded with each is the state at its end.
+    async fn write(&mut self, mut data: Bytes) -> Result<()> {
         self.check_claim()?;
-        self.hasher.update(&data);
         self.received += data.len() as u64;
-        self.buffer.extend_from_slice(&data);
-        if self.buffer.len() >= self.inner.part_size {
-            self.flush_part().await?;
+        while !data.is_empty() {
+            let take = (self.inner.part_size - self.buffer.len()).min(data.len());
+            let piece = data.split_to(take);
+            self.hasher.update(&piece);
+            self.buffer.extend_from_slice(&piece);
+            if self.buffer.len() == self.inner.part_size {
+                self.flush_part().await?;
+            }
         }
         Ok(())
     }
@@ -414,6 +421,7 @@ impl Upload for S3Upload {
     /// for, but what is still in the buffer (under one part) is not durable,
     /// and a resume starts at the last part boundary.
     async fn sync(&mut self) -> Result<u64> {
+        self.check_claim()?;
         self.drain().await?;
         Ok(self.record.committed)
     }
@@ -429,6 +437,11 @@ impl Upload for S3Upload {
 
     async fn commit(mut self: Box<Self>, final_sha256: Option<Sha256>) -> Result<Metadata> {
         let outcome = self.finish(final_sha256).await;
+        if let Err(Error::Preempted { .. }) = outcome {
+            // The session belongs to the stream that took it over.
+            self.finished = true;
+            return outcome;
+        }
         // Committed or not, the session is over (a failed check can never pass).
         if outcome.is_err() {
             let key = self.inner.key(&self.path);
