@@ -1,5 +1,6 @@
 //! Stateless front ends over one bucket: two `ferry serve` processes over the
-//! same S3 prefix (moto). An upload started on server A is resumed and
+//! same S3 prefix (moto; or Ceph RGW: `eval "$(scripts/ceph-rgw.sh start)"`
+//! then `cargo test -p ferry --test scale_out`). An upload started on server A is resumed and
 //! committed on server B after A is killed, and both servers then serve the
 //! same file.
 
@@ -16,8 +17,9 @@ use support::{MIB, Moto, Server, random_bytes, sha256_hex};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_started_on_one_server_is_finished_on_another() {
     let Some(moto) = Moto::start() else { return };
-    moto.create_bucket("scale-out");
-    let storage = "s3://scale-out/ferry";
+    let bucket = moto.bucket("scale-out");
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let storage = &format!("s3://{bucket}/scale-out-{nanos}");
     let mut a = Server::start_s3(&moto, storage);
     let b = Server::start_s3(&moto, storage);
 

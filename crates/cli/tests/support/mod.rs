@@ -106,17 +106,27 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))
 }
 
-/// A moto S3 server (Python `moto[server]`, in memory) on a free loopback
-/// port, killed when dropped; `None` (after saying SKIPPED) when moto is not
-/// installed and `FERRY_REQUIRE_S3` is unset. scripts/test.sh installs it in
-/// target/py-test-env and sets `FERRY_REQUIRE_S3=1`.
+/// An S3 server for the tests: the one named by `FERRY_TEST_S3_ENDPOINT`
+/// (with its bucket `FERRY_TEST_S3_BUCKET` and the AWS_* credentials of the
+/// environment: `eval "$(scripts/ceph-rgw.sh start)"` sets all of them), or
+/// else a moto server (Python `moto[server]`, in memory) on a free loopback
+/// port, killed when dropped. `None` (after saying SKIPPED) when neither is
+/// available and `FERRY_REQUIRE_S3` is unset; scripts/test.sh installs moto
+/// in target/py-test-env and sets `FERRY_REQUIRE_S3=1`.
 pub struct Moto {
-    child: Child,
+    child: Option<Child>,
     pub endpoint: String,
+    /// An existing bucket to use instead of creating one (external servers).
+    pub bucket: Option<String>,
 }
 
 impl Moto {
     pub fn start() -> Option<Self> {
+        if let (Ok(endpoint), Ok(bucket)) =
+            (std::env::var("FERRY_TEST_S3_ENDPOINT"), std::env::var("FERRY_TEST_S3_BUCKET"))
+        {
+            return Some(Self { child: None, endpoint, bucket: Some(bucket) });
+        }
         let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/py-test-env/bin/moto_server");
         let binary = std::env::var_os("FERRY_MOTO_SERVER").map(std::path::PathBuf::from).unwrap_or(default);
         if !binary.exists() {
@@ -136,7 +146,7 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn moto_server");
-        let moto = Self { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let moto = Self { child: Some(child), endpoint: format!("http://127.0.0.1:{port}"), bucket: None };
         let deadline = Instant::now() + TIMEOUT;
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "moto_server did not start");
@@ -145,8 +155,19 @@ impl Moto {
         Some(moto)
     }
 
-    /// Creates a bucket (moto takes unsigned requests).
-    pub fn create_bucket(&self, name: &str) {
+    /// A bucket for a test: `name`, created (moto takes unsigned requests),
+    /// or the external server's existing one.
+    pub fn bucket(&self, name: &str) -> String {
+        match &self.bucket {
+            Some(bucket) => bucket.clone(),
+            None => {
+                self.create_bucket(name);
+                name.to_owned()
+            }
+        }
+    }
+
+    fn create_bucket(&self, name: &str) {
         use std::io::{Read, Write};
         let addr = self.endpoint.trim_start_matches("http://");
         let mut stream = std::net::TcpStream::connect(addr).expect("connect to moto");
@@ -157,19 +178,25 @@ impl Moto {
         assert!(response.starts_with("HTTP/1.1 200"), "creating bucket {name}: {response}");
     }
 
-    /// The environment `ferry serve --storage s3://…` needs to reach it.
-    pub fn env(&self) -> [(&'static str, String); 3] {
-        [
-            ("AWS_ACCESS_KEY_ID", "ferry-test".into()),
-            ("AWS_SECRET_ACCESS_KEY", "ferry-test".into()),
-            ("AWS_REGION", "us-east-1".into()),
-        ]
+    /// The environment `ferry serve --storage s3://…` needs to reach it
+    /// (an external server's credentials come from the test's environment).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        match self.child {
+            None => Vec::new(),
+            Some(_) => vec![
+                ("AWS_ACCESS_KEY_ID", "ferry-test".into()),
+                ("AWS_SECRET_ACCESS_KEY", "ferry-test".into()),
+                ("AWS_REGION", "us-east-1".into()),
+            ],
+        }
     }
 }
 
 impl Drop for Moto {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
