@@ -119,6 +119,10 @@ pub struct ServeArgs {
     /// S3 region. [default: AWS_REGION, else us-east-1]
     #[arg(long, env = "FERRY_S3_REGION")]
     pub s3_region: Option<String>,
+    /// How long failing S3 requests are retried before a call gets
+    /// UNAVAILABLE. [default: 30s]
+    #[arg(long, env = "FERRY_S3_RETRY_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub s3_retry_timeout: Option<Duration>,
     /// Bytes per download chunk. [default: 1MiB]
     #[arg(long, env = "FERRY_CHUNK_SIZE", value_parser = parse_chunk_size)]
     pub chunk_size: Option<usize>,

@@ -25,6 +25,7 @@ pub struct ConfigFile {
     storage: Option<String>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
+    s3_retry_timeout: Option<Interval>,
     chunk_size: Option<Size>,
     log_format: Option<LogFormat>,
     idle_timeout: Option<Interval>,
@@ -332,6 +333,11 @@ fn storage(args: &ServeArgs, file: &ConfigFile, chunk_size: usize) -> anyhow::Re
     config.endpoint = args.s3_endpoint.clone().or(file.s3_endpoint.clone());
     config.region = args.s3_region.clone().or(file.s3_region.clone());
     config.read_chunk = chunk_size;
+    if let Some(timeout) = args.s3_retry_timeout {
+        config.retry_timeout = timeout;
+    } else if let Some(timeout) = &file.s3_retry_timeout {
+        config.retry_timeout = timeout.duration("s3_retry_timeout")?;
+    }
     Ok(Storage::S3(config))
 }
 

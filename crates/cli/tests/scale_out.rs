@@ -74,3 +74,40 @@ async fn an_upload_started_on_one_server_is_finished_on_another() {
         assert!(client.query_upload(&id).await.is_err(), "the session is gone once committed");
     }
 }
+
+/// A backend outage is UNAVAILABLE, never a partial object: with the S3
+/// server gone, calls fail after the retry timeout with UNAVAILABLE, and
+/// once it is back the server serves again, with nothing half-written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_outage_is_unavailable_and_loses_nothing() {
+    let Some(mut moto) = Moto::start() else { return };
+    if moto.bucket.is_some() {
+        eprintln!("SKIPPED: the outage test stops its own moto; an external S3 server is configured");
+        return;
+    }
+    let bucket = moto.bucket("outage");
+    let storage = format!("s3://{bucket}/ferry");
+    let server = Server::start_s3_with(&moto, &storage, &["--s3-retry-timeout", "2s"]);
+    let client = Client::connect(server.url()).await.unwrap();
+    let data = random_bytes(3 * MIB, 22);
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("a.bin");
+    std::fs::write(&source, &data).unwrap();
+    client.upload_file(&source, "before.bin", UploadOptions::default(), |_| {}).await.expect("upload while up");
+
+    let endpoint = moto.endpoint.clone();
+    moto.stop();
+    let started = std::time::Instant::now();
+    let down = client.stat("before.bin").await.expect_err("S3 is down");
+    assert_eq!(down.code(), Some(ferry_client::Code::Unavailable), "{down}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "gave up after the retry timeout");
+    let failed = client.upload_file(&source, "during.bin", UploadOptions::default(), |_| {}).await;
+    assert_eq!(failed.expect_err("no upload while S3 is down").code(), Some(ferry_client::Code::Unavailable));
+
+    // moto keeps data in memory, so a restarted one is empty: what matters is
+    // that the server recovers and never reports the failed upload as stored.
+    let moto = Moto::restart_at(&endpoint);
+    moto.bucket(&bucket);
+    client.upload_file(&source, "after.bin", UploadOptions::default(), |_| {}).await.expect("serving again");
+    assert!(client.stat("during.bin").await.is_err(), "nothing of the failed upload is visible");
+}

@@ -39,8 +39,13 @@ impl Server {
 
     /// A server over `s3://BUCKET/PREFIX` on moto, on a free loopback port.
     pub fn start_s3(moto: &Moto, storage: &str) -> Self {
+        Self::start_s3_with(moto, storage, &[])
+    }
+
+    pub fn start_s3_with(moto: &Moto, storage: &str, extra: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
         command.args(["serve", "--listen", "127.0.0.1:0", "--storage", storage, "--s3-endpoint", &moto.endpoint]);
+        command.args(extra);
         command.envs(moto.env()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
         let mut child = command.spawn().expect("spawn ferry serve");
         let mut line = String::new();
@@ -139,6 +144,26 @@ impl Moto {
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Some(Self::spawn(&binary, port))
+    }
+
+    /// A new moto on the port a stopped one used (moto keeps nothing).
+    pub fn restart_at(endpoint: &str) -> Self {
+        let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/py-test-env/bin/moto_server");
+        let binary = std::env::var_os("FERRY_MOTO_SERVER").map(std::path::PathBuf::from).unwrap_or(default);
+        let port = endpoint.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
+        Self::spawn(&binary, port)
+    }
+
+    /// Stops a moto this test started.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn spawn(binary: &Path, port: u16) -> Self {
         let child = Command::new(binary)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
@@ -152,7 +177,7 @@ impl Moto {
             assert!(Instant::now() < deadline, "moto_server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Some(moto)
+        moto
     }
 
     /// A bucket for a test: `name`, created (moto takes unsigned requests),

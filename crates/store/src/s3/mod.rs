@@ -51,6 +51,9 @@ pub struct S3Config {
     pub part_size: usize,
     /// Bytes per download chunk.
     pub read_chunk: usize,
+    /// How long a failing request is retried (with backoff) before the
+    /// backend counts as unavailable.
+    pub retry_timeout: Duration,
 }
 
 impl S3Config {
@@ -68,6 +71,7 @@ impl S3Config {
             region: None,
             part_size: DEFAULT_PART_SIZE,
             read_chunk: 1024 * 1024,
+            retry_timeout: Duration::from_secs(30),
         })
     }
 }
@@ -125,7 +129,12 @@ impl S3Store {
     pub async fn open(config: S3Config) -> Result<Self> {
         // reqwest's rustls has no built-in provider here: use ring, as tonic does.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&config.bucket);
+        let retry = object_store::RetryConfig {
+            backoff: object_store::BackoffConfig::default(),
+            max_retries: 10,
+            retry_timeout: config.retry_timeout,
+        };
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&config.bucket).with_retry(retry);
         if let Some(endpoint) = &config.endpoint {
             builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
         }
