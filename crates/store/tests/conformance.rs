@@ -329,6 +329,17 @@ async fn create_only(fixture: &Fixture) {
     assert!(content(store.as_ref(), "c/raced-resumable").await == theirs, "the file that appeared was replaced");
     expect_err!(store.upload_status(&id).await, Error::UploadNotFound { .. }, "the failed session is gone");
 
+    // Two small create-only uploads racing for one new path: both are
+    // admitted, exactly one commits (a conditional write, not a check).
+    let mut one = store.create_upload(&path("c/race"), create_only()).await.unwrap();
+    let mut two = store.create_upload(&path("c/race"), create_only()).await.unwrap();
+    write_all(&mut one, &data(3000, 9)).await.unwrap();
+    write_all(&mut two, &data(3000, 10)).await.unwrap();
+    let (a, b) = tokio::join!(one.commit(None), two.commit(None));
+    assert!(a.is_ok() != b.is_ok(), "exactly one racing create-only upload commits: {a:?} / {b:?}");
+    let loser = if a.is_ok() { b } else { a };
+    expect_err!(loser, Error::AlreadyExists { .. }, "the other racing create-only upload");
+
     // A create-only upload of a new path works.
     let mut upload = store.create_upload(&path("c/new"), create_only()).await.unwrap();
     write_all(&mut upload, &first).await.unwrap();

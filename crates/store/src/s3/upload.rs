@@ -11,9 +11,10 @@
 //! that moment), then writes the file's record. Anything that fails aborts
 //! the multipart upload: S3 keeps no orphaned parts.
 //!
-//! Limits: create-only is a HEAD before completion (S3 conditional
-//! completion is not used, so two racing create-only uploads can both
-//! succeed); a resume takes over a stream on the same server, but two
+//! Limits: create-only is a conditional PUT (If-None-Match) for files under
+//! one part, but only a HEAD before completion for bigger ones (object_store
+//! does not expose conditional completion), so two racing create-only
+//! uploads of big files can both succeed; a resume takes over a stream on the same server, but two
 //! servers streaming one session at once are not arbitrated.
 
 use std::collections::HashMap;
@@ -347,17 +348,31 @@ impl S3Upload {
         if self.record.create_only && self.inner.s3.head(&key).await.is_ok() {
             return Err(Error::AlreadyExists { path: self.path.as_str().to_owned() });
         }
-        // S3 needs at least one part; an empty file is one empty part.
-        if !self.buffer.is_empty() || (self.record.parts.is_empty() && self.in_flight.is_empty()) {
-            self.flush_part().await?;
+        let whole_file_in_memory = self.record.parts.is_empty() && self.in_flight.is_empty();
+        if self.record.create_only && whole_file_in_memory {
+            // Under one part: a single conditional PUT (If-None-Match: *), so
+            // create-only holds even against a racing upload.
+            let _ = self.inner.s3.abort_multipart(&key, &self.record.multipart_id).await;
+            let options = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
+            let data = PutPayload::from(self.buffer.split().freeze());
+            self.inner
+                .s3
+                .put_opts(&key, data, options)
+                .await
+                .map_err(|e| map_error(e, self.path.as_str(), "storing a file"))?;
+        } else {
+            // S3 needs at least one part; an empty file is one empty part.
+            if !self.buffer.is_empty() || whole_file_in_memory {
+                self.flush_part().await?;
+            }
+            self.drain().await?;
+            let parts = self.record.parts.iter().map(|etag| PartId { content_id: etag.clone() }).collect();
+            self.inner
+                .s3
+                .complete_multipart(&key, &self.record.multipart_id, parts)
+                .await
+                .map_err(|e| map_error(e, self.path.as_str(), "completing an upload"))?;
         }
-        self.drain().await?;
-        let parts = self.record.parts.iter().map(|etag| PartId { content_id: etag.clone() }).collect();
-        self.inner
-            .s3
-            .complete_multipart(&key, &self.record.multipart_id, parts)
-            .await
-            .map_err(|e| map_error(e, self.path.as_str(), "completing an upload"))?;
         // The ETag from a HEAD, not from the completion's answer: Ceph RGW 16
         // answers CompleteMultipartUpload with an empty ETag.
         let object =
