@@ -4,8 +4,24 @@ loopback port, over a fresh root."""
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
+
+PROTO_ROOT = Path(__file__).resolve().parents[2] / "proto"
+
+
+def compile_protos(out, protos):
+    """Generates Python modules (messages and grpc stubs) for `protos`,
+    paths relative to proto/, into `out`, as `protoc` would."""
+    from grpc_tools import protoc
+
+    include = Path(protoc.__file__).parent / "_proto"  # the well-known types, as grpc_tools' own CLI does
+    sources = [str(PROTO_ROOT / proto) for proto in protos]
+    status = protoc.main(
+        ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}", *sources]
+    )
+    assert status == 0, f"protoc failed on {protos}"
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import compile_protos
 
 REPO = Path(__file__).resolve().parents[2]
 PROTO_ROOT = REPO / "proto"
@@ -59,19 +60,8 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 def pb(tmp_path_factory):
     """The three contracts' modules, generated now: fileserver_pb2(_grpc),
     file_pb2(_grpc) and bytestream_pb2(_grpc)."""
-    from grpc_tools import protoc
-
     out = tmp_path_factory.mktemp("compat_stubs")
-    protos = [
-        str(PROTO_ROOT / "compat" / "fileserver.proto"),
-        str(PROTO_ROOT / "compat" / "file.proto"),
-        str(PROTO_ROOT / "google" / "bytestream" / "bytestream.proto"),
-    ]
-    include = Path(protoc.__file__).parent / "_proto"  # the well-known types, as grpc_tools' own CLI does
-    status = protoc.main(
-        ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}", *protos]
-    )
-    assert status == 0, "protoc failed on the compat protos"
+    compile_protos(out, ["compat/fileserver.proto", "compat/file.proto", "google/bytestream/bytestream.proto"])
     sys.path.insert(0, str(out))
     try:
         # `compat` and `google` are namespace packages: `google.bytestream`

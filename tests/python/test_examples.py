@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import compile_protos
 
 REPO = Path(__file__).resolve().parents[2]
 PROTO_ROOT = REPO / "proto"
@@ -39,15 +40,8 @@ def example_binary(name):
 @pytest.fixture(scope="module")
 def pb(tmp_path_factory):
     """demo_pb2, demo_pb2_grpc, helloworld_pb2, helloworld_pb2_grpc, generated now from proto/tutorial."""
-    from grpc_tools import protoc
-
     out = tmp_path_factory.mktemp("tutorial_stubs")
-    protos = [str(PROTO_ROOT / "tutorial" / "demo.proto"), str(PROTO_ROOT / "tutorial" / "helloworld.proto")]
-    include = Path(protoc.__file__).parent / "_proto"  # the well-known types, as grpc_tools' own CLI does
-    status = protoc.main(
-        ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}", *protos]
-    )
-    assert status == 0, "protoc failed on proto/tutorial"
+    compile_protos(out, ["tutorial/demo.proto", "tutorial/helloworld.proto"])
     sys.path.insert(0, str(out))
     try:
         from tutorial import demo_pb2, demo_pb2_grpc, helloworld_pb2, helloworld_pb2_grpc
