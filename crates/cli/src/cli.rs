@@ -214,6 +214,13 @@ pub struct PutArgs {
     /// on the server if it fails. (Stdin is always uploaded this way.)
     #[arg(long)]
     pub no_resume: bool,
+    /// LOCAL is a directory: upload the whole tree under REMOTE, skipping
+    /// files the server already has (same size and SHA-256).
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// With -r: files transferred at once.
+    #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +245,13 @@ pub struct GetArgs {
     /// beside the target) and do not retry: a failure removes what arrived.
     #[arg(long)]
     pub no_resume: bool,
+    /// REMOTE is a directory: download the whole tree into LOCAL, skipping
+    /// files that are already identical (same size and SHA-256).
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// With -r: files transferred at once.
+    #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,12 @@ use crate::output::progress_bar;
 
 pub async fn run(server: &crate::cli::ConnectionArgs, args: GetArgs) -> anyhow::Result<()> {
     let client = connect(server, args.transfer.chunk_size).await?;
+    if args.recursive {
+        let local = args.local.clone().unwrap_or_else(|| PathBuf::from("."));
+        let tree =
+            super::tree::get(client, &args.remote, &local, usize::from(args.jobs), args.force, args.transfer.quiet);
+        return super::interruptible_anyhow(tree).await;
+    }
     let range = Range { offset: args.offset, length: args.length };
     let bar = progress_bar(None, args.transfer.quiet);
     if !bar.is_hidden() {

@@ -16,6 +16,7 @@ pub mod rm;
 pub mod serve;
 pub mod stat;
 pub mod token;
+pub mod tree;
 
 /// Connects to the server named by `--server` / `FERRY_SERVER`, with the
 /// TLS files, token and compression the connection flags name.
@@ -51,6 +52,14 @@ pub async fn connect(connection: &ConnectionArgs, chunk_size: usize) -> anyhow::
 pub async fn interruptible<T>(transfer: impl Future<Output = Result<T, ferry_client::Error>>) -> anyhow::Result<T> {
     tokio::select! {
         result = transfer => Ok(result?),
+        _ = tokio::signal::ctrl_c() => Err(Interrupted.into()),
+    }
+}
+
+/// [`interruptible`] for work that already speaks anyhow.
+pub async fn interruptible_anyhow<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::select! {
+        result = work => result,
         _ = tokio::signal::ctrl_c() => Err(Interrupted.into()),
     }
 }

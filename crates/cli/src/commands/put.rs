@@ -11,6 +11,12 @@ use crate::output::progress_bar;
 use crate::sessions::Remembered;
 
 pub async fn run(server: &crate::cli::ConnectionArgs, args: PutArgs) -> anyhow::Result<()> {
+    if args.recursive {
+        let client = connect(server, args.transfer.chunk_size).await?;
+        let prefix = args.remote.clone().unwrap_or_default();
+        let tree = super::tree::put(client, &args.local, &prefix, usize::from(args.jobs), args.transfer.quiet);
+        return super::interruptible_anyhow(tree).await;
+    }
     let from_stdin = args.local == Path::new("-");
     let remote = remote_path(&args.local, args.remote.as_deref(), from_stdin)?;
     let client = connect(server, args.transfer.chunk_size).await?;
