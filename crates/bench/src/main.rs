@@ -26,6 +26,7 @@ mod s3;
 mod server;
 mod stats;
 mod system;
+mod tree;
 mod units;
 mod workdir;
 
@@ -86,6 +87,15 @@ struct Args {
     /// The bucket for --s3-endpoint (it must exist).
     #[arg(long)]
     s3_bucket: Option<String>,
+    /// Instead of the main series: this many small files (each --tree-file-size),
+    /// `ferry put -r`/`get -r` against rsync (daemon on loopback).
+    #[arg(long)]
+    tree: Option<usize>,
+    #[arg(long, default_value = "4KiB", value_parser = units::parse_size)]
+    tree_file_size: u64,
+    /// Files at once for ferry's tree transfers.
+    #[arg(long, default_value_t = 8)]
+    jobs: usize,
 }
 
 /// Where the test file goes on the server.
@@ -120,6 +130,9 @@ async fn run(args: Args) -> Result<()> {
     let ferry = ferry_binary(args.ferry.as_deref())?;
     if let (Some(endpoint), Some(bucket)) = (&args.s3_endpoint, &args.s3_bucket) {
         return s3::run(&ferry, &base, endpoint, bucket, args.size, args.runs).await;
+    }
+    if let Some(files) = args.tree {
+        return tree::run(&ferry, &base, files, args.tree_file_size, args.jobs, args.runs);
     }
     if args.compression {
         return compression::run(&ferry, &base, args.size, args.runs).await;
