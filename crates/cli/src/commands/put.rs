@@ -14,7 +14,8 @@ pub async fn run(server: &crate::cli::ConnectionArgs, args: PutArgs) -> anyhow::
     if args.recursive {
         let client = connect(server, args.transfer.chunk_size).await?;
         let prefix = args.remote.clone().unwrap_or_default();
-        let tree = super::tree::put(client, &args.local, &prefix, usize::from(args.jobs), args.transfer.quiet);
+        let jobs = usize::from(args.jobs);
+        let tree = super::tree::put(client, &args.local, &prefix, jobs, args.no_clobber, args.transfer.quiet);
         return super::interruptible_anyhow(tree).await;
     }
     let from_stdin = args.local == Path::new("-");

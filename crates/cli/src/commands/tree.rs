@@ -59,21 +59,37 @@ fn sha256_of(path: &Path) -> std::io::Result<String> {
     }
 }
 
-/// Whether the local file has the remote file's size and digest.
-async fn identical(local: &Path, remote: &RemoteFile) -> bool {
-    let Some(expected) = remote.sha256.clone() else { return false };
+/// Whether the local file has the remote file's size and digest. A server
+/// reports digests in listings only when it has them cached; an empty
+/// ranged read makes it compute (and cache) the digest without sending data.
+async fn identical(client: &Client, local: &Path, remote: &RemoteFile) -> bool {
     match std::fs::symlink_metadata(local) {
         Ok(meta) if meta.is_file() && meta.len() == remote.size => {}
         _ => return false,
     }
+    let expected = match remote.sha256.clone() {
+        Some(digest) => digest,
+        None => {
+            let empty = Range { offset: 0, length: Some(0) };
+            match client.download(&remote.path, empty, std::io::sink(), |_| {}).await {
+                Ok((info, _)) => match info.sha256 {
+                    Some(digest) => digest,
+                    None => return false,
+                },
+                Err(_) => return false,
+            }
+        }
+    };
     let local = local.to_owned();
     tokio::task::spawn_blocking(move || sha256_of(&local)).await.ok().and_then(Result::ok).as_deref()
         == Some(expected.as_str())
 }
 
 /// Every regular file under `dir`, with its `/`-separated relative path.
-/// Symbolic links are reported and skipped, never followed.
-fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>) -> anyhow::Result<()> {
+/// Symbolic links are reported and skipped, never followed; names that are
+/// not UTF-8 (no ferry path can carry them) are reported and counted in
+/// `unsendable`.
+fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>, unsendable: &mut u64) -> anyhow::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .collect::<Result<_, _>>()
@@ -83,7 +99,8 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>) -> anyhow::Resu
         let path = entry.path();
         let name = entry.file_name();
         let Some(name) = name.to_str() else {
-            eprintln!("ferry: skipping {}: the name is not UTF-8", path.display());
+            eprintln!("ferry: cannot send {}: the name is not UTF-8", path.display());
+            *unsendable += 1;
             continue;
         };
         let child = if rel.is_empty() { name.to_owned() } else { format!("{rel}/{name}") };
@@ -91,7 +108,7 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>) -> anyhow::Resu
         if kind.is_symlink() {
             eprintln!("ferry: skipping {}: symbolic links are not followed", path.display());
         } else if kind.is_dir() {
-            walk(&path, &child, out)?;
+            walk(&path, &child, out, unsendable)?;
         } else if kind.is_file() {
             out.push((child, path));
         } else {
@@ -109,13 +126,21 @@ fn join_remote(prefix: &str, rel: &str) -> String {
 }
 
 /// `ferry put -r LOCAL_DIR REMOTE_PREFIX`.
-pub async fn put(client: Client, local: &Path, prefix: &str, jobs: usize, quiet: bool) -> anyhow::Result<()> {
+pub async fn put(
+    client: Client,
+    local: &Path,
+    prefix: &str,
+    jobs: usize,
+    no_clobber: bool,
+    quiet: bool,
+) -> anyhow::Result<()> {
     if !std::fs::metadata(local).with_context(|| format!("cannot read {}", local.display()))?.is_dir() {
         bail!("{} is not a directory (put -r uploads a directory tree)", local.display());
     }
-    let mut files = Vec::new();
-    walk(local, "", &mut files)?;
+    let (mut files, mut unsendable) = (Vec::new(), 0);
+    walk(local, "", &mut files, &mut unsendable)?;
     let tally = Arc::new(Tally::default());
+    tally.failed.fetch_add(unsendable, Ordering::Relaxed);
     let slots = Arc::new(Semaphore::new(jobs.max(1)));
     let mut tasks = JoinSet::new();
     for (rel, path) in files {
@@ -123,7 +148,7 @@ pub async fn put(client: Client, local: &Path, prefix: &str, jobs: usize, quiet:
         let remote = join_remote(prefix, &rel);
         tasks.spawn(async move {
             let Ok(_slot) = slots.acquire_owned().await else { return };
-            let outcome = put_one(&client, &path, &remote).await;
+            let outcome = put_one(&client, &path, &remote, no_clobber).await;
             match outcome {
                 Ok(true) => tally.transferred.fetch_add(1, Ordering::Relaxed),
                 Ok(false) => tally.skipped.fetch_add(1, Ordering::Relaxed),
@@ -139,19 +164,25 @@ pub async fn put(client: Client, local: &Path, prefix: &str, jobs: usize, quiet:
 }
 
 /// Uploads one file unless the server has it already; whether it sent it.
-async fn put_one(client: &Client, path: &Path, remote: &str) -> anyhow::Result<bool> {
+async fn put_one(client: &Client, path: &Path, remote: &str, no_clobber: bool) -> anyhow::Result<bool> {
     if let Ok(existing) = client.stat(remote).await
         && !existing.is_dir
-        && identical(path, &existing).await
+        && identical(client, path, &existing).await
     {
         return Ok(false);
     }
     let size = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
     if size < RESUMABLE_FROM {
-        client.upload_file(path, remote, UploadOptions::default(), |_| {}).await?;
+        let options = UploadOptions { create_only: no_clobber, ..UploadOptions::default() };
+        client.upload_file(path, remote, options, |_| {}).await?;
     } else {
         let meta = std::fs::metadata(path)?;
-        let mut options = UploadOptions { size: Some(size), mtime: meta.modified().ok(), ..UploadOptions::default() };
+        let mut options = UploadOptions {
+            size: Some(size),
+            mtime: meta.modified().ok(),
+            create_only: no_clobber,
+            ..UploadOptions::default()
+        };
         {
             use std::os::unix::fs::PermissionsExt;
             options.permissions = Some(meta.permissions().mode() & 0o777);
@@ -188,9 +219,16 @@ fn safe_create_dirs(dest: &Path, rel: &Path) -> anyhow::Result<PathBuf> {
             }
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => bail!("{} exists and is not a directory", at.display()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir(&at).with_context(|| format!("cannot create {}", at.display()))?;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(&at) {
+                Ok(()) => {}
+                // Another task made it meanwhile: check what is there now.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if !std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
+                        bail!("{} appeared and is not a directory", at.display());
+                    }
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot create {}", at.display())),
+            },
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", at.display())),
         }
     }
@@ -275,7 +313,7 @@ async fn get_one(client: &Client, entry: &RemoteFile, dest: &Path, rel: &Path, f
         Ok(meta) if meta.file_type().is_symlink() => {
             bail!("{} is a symbolic link: not writing through it", target.display())
         }
-        Ok(_) if identical(&target, entry).await => return Ok(false),
+        Ok(_) if identical(client, &target, entry).await => return Ok(false),
         _ => {}
     }
     client.download_file(&entry.path, Range::ALL, &target, force, |_| {}).await?;
