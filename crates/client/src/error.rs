@@ -32,6 +32,14 @@ pub enum Error {
     Protocol(String),
 }
 
+impl Error {
+    /// Whether trying again may succeed: the connection dropped, the server
+    /// was unavailable or busy (how the resumable calls decide to retry).
+    pub fn is_transient(&self) -> bool {
+        crate::resume::is_transient(self)
+    }
+}
+
 // Not `#[from]`: that would also make the status the error's `source()`, and
 // the CLI would print its message twice.
 impl From<tonic::Status> for Error {

@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use ferry_proto::v1::ferry_client::FerryClient;
-use ferry_proto::v1::{DeleteRequest, ListRequest, ListResponse, StatRequest};
+use ferry_proto::v1::{DeleteRequest, ListRequest, ListResponse, MakeDirectoryRequest, StatRequest};
 use tonic::Streaming;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -26,6 +26,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 mod download;
 mod error;
+mod files;
 mod resume;
 mod types;
 pub mod units;
@@ -33,6 +34,7 @@ mod upload;
 
 pub use error::Error;
 pub use ferry_proto::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+pub use files::{DownloadTarget, LocalFile, MAX_DOWNLOAD_PATHS};
 pub use resume::{RetryPolicy, UploadState, committed_offset};
 pub use tonic::Code;
 pub use types::{Range, RemoteFile, UploadOptions};
@@ -203,6 +205,13 @@ impl Client {
     pub async fn delete(&self, path: &str) -> Result<()> {
         self.rpc.clone().delete(DeleteRequest { path: path.to_owned() }).await?;
         Ok(())
+    }
+
+    /// Creates a remote directory and any missing parents (success if it
+    /// exists already).
+    pub async fn make_directory(&self, path: &str) -> Result<RemoteFile> {
+        let reply = self.rpc.clone().make_directory(MakeDirectoryRequest { path: path.to_owned() }).await?.into_inner();
+        reply.info.map(RemoteFile::from).ok_or_else(|| Error::Protocol("make_directory reply without info".into()))
     }
 
     /// Lists a remote directory ("" for the root), one level or recursively.

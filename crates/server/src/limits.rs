@@ -291,6 +291,37 @@ impl UploadTicket {
     }
 }
 
+/// A stream of several files ([`UploadFiles`](ferry_proto::v1::ferry_server::Ferry::upload_files))
+/// holds one ticket, and books each file on it: the size limit applies per
+/// file, the quota reservation to the files not yet committed.
+impl UploadTicket {
+    /// One of the stream's files grows by `more` bytes to `file_size`.
+    pub fn file_grows(&mut self, file_size: u64, more: u64) -> Result<(), ServiceError> {
+        if let Some(max) = self.max_file_size
+            && file_size > max
+        {
+            return Err(too_big(max));
+        }
+        if let Some(quota) = &self.quota
+            && more > 0
+        {
+            quota.reserve(more)?;
+        }
+        self.reserved = self.reserved.saturating_add(more);
+        Ok(())
+    }
+
+    /// One of the stream's files is done (committed, and so counted as used,
+    /// or failed): its `size` bytes are no longer reserved.
+    pub fn file_done(&mut self, size: u64) {
+        let size = size.min(self.reserved);
+        if let Some(quota) = &self.quota {
+            quota.release(size);
+        }
+        self.reserved -= size;
+    }
+}
+
 impl Drop for UploadTicket {
     fn drop(&mut self) {
         if let Some(quota) = &self.quota {

@@ -76,4 +76,24 @@ impl Error {
             _ => Error::Io { op, source },
         }
     }
+
+    /// The same failure, restated for `path`: for an error that several
+    /// files of one batch share (their directory could not be created or
+    /// synced), each file gets its own copy naming it.
+    pub fn clone_for(&self, path: &crate::StorePath) -> Self {
+        let path = path.as_str().to_owned();
+        match self {
+            Error::NotFound { .. } => Error::NotFound { path },
+            Error::AlreadyExists { .. } => Error::AlreadyExists { path },
+            Error::IsDirectory { .. } => Error::IsDirectory { path },
+            Error::ParentNotDirectory { .. } => Error::ParentNotDirectory { path },
+            Error::NotAFile { .. } => Error::NotAFile { path },
+            Error::DirectoryNotEmpty { .. } => Error::DirectoryNotEmpty { path },
+            Error::Symlink { .. } => Error::Symlink { path },
+            Error::StorageFull => Error::StorageFull,
+            Error::Unavailable { op, detail } => Error::Unavailable { op, detail: detail.clone() },
+            Error::Io { op, source } => Error::Io { op, source: io::Error::new(source.kind(), source.to_string()) },
+            other => Error::Io { op: "storing a batch", source: io::Error::other(other.to_string()) },
+        }
+    }
 }

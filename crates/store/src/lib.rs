@@ -172,6 +172,15 @@ pub struct WriteOptions {
     pub upload_id: Option<UploadId>,
 }
 
+/// A whole file for [`Store::put_files`]: its bytes, in memory.
+#[derive(Debug, Clone)]
+pub struct NewFile {
+    pub path: StorePath,
+    /// As for an upload; `resumable` and `upload_id` are ignored.
+    pub options: WriteOptions,
+    pub data: Bytes,
+}
+
 /// A download: the whole file's metadata and a stream of the range's bytes.
 pub struct Download {
     /// Metadata of the version being streamed, `sha256` always set.
@@ -240,6 +249,24 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// Deletes a file or an empty directory.
     async fn delete(&self, path: &StorePath) -> Result<()>;
 
+    /// Stores several whole files, each with the same guarantees as an upload
+    /// (verified, then published atomically and durably), and returns one
+    /// result per file, in order, once all are done. Meant for many small
+    /// files: a backend may share the cost of durability across the batch.
+    /// Files of one batch with the same path are applied in order.
+    async fn put_files(&self, files: Vec<NewFile>) -> Vec<Result<Metadata>> {
+        let mut results = Vec::with_capacity(files.len());
+        for file in files {
+            results.push(put_whole(self, file).await);
+        }
+        results
+    }
+
+    /// Creates the directory `path` and any missing parents, and returns its
+    /// metadata. An existing directory is success; a file in the way is
+    /// [`Error::AlreadyExists`] (or [`Error::ParentNotDirectory`] for a parent).
+    async fn create_dir(&self, path: &StorePath) -> Result<Metadata>;
+
     /// Bytes free for new files, if the backend has such a limit (a local
     /// filesystem does; an object store does not). Used to refuse uploads
     /// that cannot fit before they start.
@@ -249,6 +276,17 @@ pub trait Store: Debug + Send + Sync + 'static {
 
     /// How many resumable upload sessions the store holds.
     async fn count_uploads(&self) -> Result<usize>;
+}
+
+/// One whole file through an ordinary upload: what [`Store::put_files`]
+/// does for backends without a batched path.
+pub async fn put_whole<S: Store + ?Sized>(store: &S, file: NewFile) -> Result<Metadata> {
+    let options = WriteOptions { resumable: false, upload_id: None, ..file.options };
+    let mut upload = store.create_upload(&file.path, options).await?;
+    if !file.data.is_empty() {
+        upload.write(file.data).await?;
+    }
+    upload.commit(None).await
 }
 
 /// An upload in progress. Dropping it without [`Upload::commit`] discards it,

@@ -13,8 +13,9 @@ use std::time::Duration;
 use ferry_proto::v1::ferry_server::Ferry;
 use ferry_proto::v1::{
     AbortUploadRequest, AbortUploadResponse, CreateUploadRequest, CreateUploadResponse, DeleteRequest, DeleteResponse,
-    DownloadRequest, DownloadResponse, ListRequest, ListResponse, QueryUploadRequest, QueryUploadResponse, StatRequest,
-    StatResponse, UploadRequest, UploadResponse, UploadSessionRequest, UploadSessionResponse,
+    DownloadFilesRequest, DownloadFilesResponse, DownloadRequest, DownloadResponse, ListRequest, ListResponse,
+    MakeDirectoryRequest, MakeDirectoryResponse, QueryUploadRequest, QueryUploadResponse, StatRequest, StatResponse,
+    UploadFilesResponse, UploadRequest, UploadResponse, UploadSessionRequest, UploadSessionResponse,
 };
 use ferry_store::{Store, StorePath};
 use tokio_stream::Stream;
@@ -27,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::status::ServiceError;
 
 pub(crate) mod download;
+mod files;
 mod objects;
 mod sessions;
 pub(crate) mod upload;
@@ -196,5 +198,30 @@ impl Ferry for FerryService {
         request: Request<Streaming<UploadSessionRequest>>,
     ) -> Result<Response<Self::UploadSessionStream>, Status> {
         self.call("UploadSession", request, sessions::session).await
+    }
+
+    type UploadFilesStream = ResponseStream<UploadFilesResponse>;
+
+    async fn upload_files(
+        &self,
+        request: Request<Streaming<UploadRequest>>,
+    ) -> Result<Response<Self::UploadFilesStream>, Status> {
+        self.call("UploadFiles", request, files::upload_files).await
+    }
+
+    type DownloadFilesStream = ResponseStream<DownloadFilesResponse>;
+
+    async fn download_files(
+        &self,
+        request: Request<DownloadFilesRequest>,
+    ) -> Result<Response<Self::DownloadFilesStream>, Status> {
+        self.call("DownloadFiles", request, files::download_files).await
+    }
+
+    async fn make_directory(
+        &self,
+        request: Request<MakeDirectoryRequest>,
+    ) -> Result<Response<MakeDirectoryResponse>, Status> {
+        self.call("MakeDirectory", request, objects::make_directory).await
     }
 }

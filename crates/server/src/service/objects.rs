@@ -1,6 +1,10 @@
-//! `Stat`, `Delete` (unary) and `List` (server streaming, in batches).
+//! `Stat`, `Delete`, `MakeDirectory` (unary) and `List` (server streaming,
+//! in batches).
 
-use ferry_proto::v1::{DeleteRequest, DeleteResponse, ListRequest, ListResponse, StatRequest, StatResponse};
+use ferry_proto::v1::{
+    DeleteRequest, DeleteResponse, ListRequest, ListResponse, MakeDirectoryRequest, MakeDirectoryResponse, StatRequest,
+    StatResponse,
+};
 use tokio_stream::StreamExt;
 
 use super::{Call, ResponseStream, parse_path};
@@ -23,6 +27,18 @@ pub(super) async fn delete(call: Call, request: DeleteRequest) -> Result<DeleteR
     call.ctx.admission.deleted(size);
     tracing::info!(path = %path, "deleted");
     Ok(DeleteResponse {})
+}
+
+/// Creates a directory (and its parents): a write to that path.
+pub(super) async fn make_directory(
+    call: Call,
+    request: MakeDirectoryRequest,
+) -> Result<MakeDirectoryResponse, ServiceError> {
+    let path = parse_path(&request.path)?;
+    call.who.check(Permission::Write, &path)?;
+    let meta = call.ctx.store.create_dir(&path).await?;
+    tracing::info!(path = %path, "directory made");
+    Ok(MakeDirectoryResponse { info: Some(convert::file_info(&meta)) })
 }
 
 /// Lists a directory. A caller scoped to part of the tree sees only that

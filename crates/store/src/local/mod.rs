@@ -17,10 +17,11 @@ use rustix::fs::{self, AtFlags, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::{
-    BoxStream, ByteRange, Download, EntryKind, Error, Metadata, Result, Store, StorePath, Upload, UploadId,
+    BoxStream, ByteRange, Download, EntryKind, Error, Metadata, NewFile, Result, Store, StorePath, Upload, UploadId,
     UploadStatus, WriteOptions,
 };
 
+mod batch;
 mod digest_cache;
 mod list;
 mod read;
@@ -171,6 +172,28 @@ impl Store for LocalStore {
 
     async fn list(&self, dir: Option<&StorePath>, recursive: bool) -> Result<BoxStream<Result<Vec<Metadata>>>> {
         list::list(self.inner.clone(), dir.cloned(), recursive).await
+    }
+
+    async fn put_files(&self, files: Vec<NewFile>) -> Vec<Result<Metadata>> {
+        batch::put_files(self.inner.clone(), files).await
+    }
+
+    async fn create_dir(&self, path: &StorePath) -> Result<Metadata> {
+        let inner = self.inner.clone();
+        let path = path.clone();
+        blocking(move || {
+            let segments: Vec<&str> = path.segments().collect();
+            // Creates each missing level (fsyncing its parent), refusing a file in the way.
+            let dir = resolve::open_dir_creating(inner.root.as_fd(), &segments, &path).map_err(|e| match e {
+                Error::ParentNotDirectory { .. } if resolve::is_file_at(inner.root.as_fd(), &path) => {
+                    Error::AlreadyExists { path: path.as_str().to_owned() }
+                }
+                other => other,
+            })?;
+            let st = fs::fstat(&dir).map_err(|e| Error::io("reading a directory's metadata", e.into()))?;
+            Ok(resolve::metadata(path, EntryKind::Directory, &st, None))
+        })
+        .await
     }
 
     async fn free_space(&self) -> Result<Option<u64>> {

@@ -66,6 +66,14 @@ pub(super) fn open_dir_creating(root: BorrowedFd<'_>, segments: &[&str], path: &
     Ok(current)
 }
 
+/// Whether `path` itself names a regular file (not a link, not a directory).
+pub(super) fn is_file_at(root: BorrowedFd<'_>, path: &StorePath) -> bool {
+    let (parents, name) = path.split_last();
+    open_dir(root, &parents, path, Purpose::Read)
+        .and_then(|parent| stat_entry(parent.as_fd(), name, path))
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
+}
+
 /// A fresh descriptor for the root directory itself.
 pub(super) fn open_root(dir: BorrowedFd<'_>) -> Result<OwnedFd> {
     fs::openat(dir, ".", DIR_FLAGS, Mode::empty()).map_err(|e| Error::io("opening the root", e.into()))

@@ -315,7 +315,7 @@ impl LocalUpload {
 }
 
 /// Refuses an upload whose target can be seen to conflict already.
-fn check_target(inner: &Inner, path: &StorePath, mode: WriteMode) -> Result<()> {
+pub(super) fn check_target(inner: &Inner, path: &StorePath, mode: WriteMode) -> Result<()> {
     let (parents, name) = path.split_last();
     let parent = match resolve::open_dir(inner.root.as_fd(), &parents, path, Purpose::Write) {
         Ok(parent) => parent,
@@ -530,35 +530,52 @@ fn publish(
     data: &std::path::Path,
     sha256: Sha256,
 ) -> Result<Metadata> {
-    let permissions = options.permissions.unwrap_or(DEFAULT_PERMISSIONS) & 0o777 | 0o400;
-    fs::fchmod(&file, Mode::from_raw_mode(permissions)).map_err(|e| Error::io("setting permissions", e.into()))?;
-    if let Some(mtime) = options.mtime {
-        let mtime = to_timespec(mtime);
-        let times = Timestamps { last_access: mtime, last_modification: mtime };
-        fs::futimens(&file, &times).map_err(|e| Error::io("setting the modification time", e.into()))?;
-    }
-    let st = fs::fstat(&file).map_err(|e| Error::io("reading staged metadata", e.into()))?;
-    digest_cache::store(&file, &st, &sha256);
+    let st = finish_file(&file, options, &sha256)?;
     file.sync_all().map_err(|e| Error::io("syncing staged data", e))?;
     crash::point("commit.after-file-sync");
 
     let (parents, name) = path.split_last();
     let parent = resolve::open_dir_creating(inner.root.as_fd(), &parents, &path)?;
-    let renamed = match options.mode {
-        WriteMode::Overwrite => fs::renameat(fs::CWD, data, &parent, name),
-        WriteMode::CreateOnly => fs::renameat_with(fs::CWD, data, &parent, name, fs::RenameFlags::NOREPLACE),
-    };
-    renamed.map_err(|errno| match errno {
-        Errno::EXIST if options.mode == WriteMode::CreateOnly => {
-            Error::AlreadyExists { path: path.as_str().to_owned() }
-        }
-        Errno::ISDIR | Errno::EXIST | Errno::NOTEMPTY => Error::IsDirectory { path: path.as_str().to_owned() },
-        other => resolve::classify(parent.as_fd(), name, other, &path, Purpose::Write, "publishing an upload"),
-    })?;
+    place(&parent, data, name, &path, options.mode)?;
     crash::point("commit.after-rename");
     fs::fsync(&parent).map_err(|e| Error::io("syncing the parent directory", e.into()))?;
     crash::point("commit.after-dir-sync");
     Ok(resolve::metadata(path, EntryKind::File, &st, Some(sha256)))
+}
+
+/// Gives a staged file its permissions, mtime and cached digest; returns its
+/// stat as it will be published.
+pub(super) fn finish_file(file: &File, options: &WriteOptions, sha256: &Sha256) -> Result<fs::Stat> {
+    let permissions = options.permissions.unwrap_or(DEFAULT_PERMISSIONS) & 0o777 | 0o400;
+    fs::fchmod(file, Mode::from_raw_mode(permissions)).map_err(|e| Error::io("setting permissions", e.into()))?;
+    if let Some(mtime) = options.mtime {
+        let mtime = to_timespec(mtime);
+        let times = Timestamps { last_access: mtime, last_modification: mtime };
+        fs::futimens(file, &times).map_err(|e| Error::io("setting the modification time", e.into()))?;
+    }
+    let st = fs::fstat(file).map_err(|e| Error::io("reading staged metadata", e.into()))?;
+    digest_cache::store(file, &st, sha256);
+    Ok(st)
+}
+
+/// Renames the durable staged file `staged` to `name` in `parent` (refusing
+/// to replace anything when create-only).
+pub(super) fn place(
+    parent: &std::os::fd::OwnedFd,
+    staged: &std::path::Path,
+    name: &str,
+    path: &StorePath,
+    mode: WriteMode,
+) -> Result<()> {
+    let renamed = match mode {
+        WriteMode::Overwrite => fs::renameat(fs::CWD, staged, parent, name),
+        WriteMode::CreateOnly => fs::renameat_with(fs::CWD, staged, parent, name, fs::RenameFlags::NOREPLACE),
+    };
+    renamed.map_err(|errno| match errno {
+        Errno::EXIST if mode == WriteMode::CreateOnly => Error::AlreadyExists { path: path.as_str().to_owned() },
+        Errno::ISDIR | Errno::EXIST | Errno::NOTEMPTY => Error::IsDirectory { path: path.as_str().to_owned() },
+        other => resolve::classify(parent.as_fd(), name, other, path, Purpose::Write, "publishing an upload"),
+    })
 }
 
 /// The journaled state of a resumable upload.

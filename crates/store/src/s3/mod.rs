@@ -33,6 +33,7 @@ use crate::{
     UploadStatus, WriteOptions,
 };
 
+mod dirs;
 mod upload;
 
 /// Where and how to reach the bucket. Credentials come from the standard AWS
@@ -245,12 +246,16 @@ impl Inner {
         }
     }
 
-    /// Whether any object lives under `path/`.
+    /// Whether any object lives under `path/`, or `path` was made as an
+    /// empty directory (`dirs.rs`).
     async fn is_directory(&self, path: &StorePath) -> Result<bool> {
         let prefix = self.key(path);
         let listing =
             self.s3.list_with_delimiter(Some(&prefix)).await.map_err(|e| backend("listing a directory", &e))?;
-        Ok(!listing.objects.is_empty() || !listing.common_prefixes.is_empty())
+        if !listing.objects.is_empty() || !listing.common_prefixes.is_empty() {
+            return Ok(true);
+        }
+        self.has_marker(path).await
     }
 
     /// Reads the whole object to learn its digest (objects not written by ferry).
@@ -412,7 +417,7 @@ impl Store for S3Store {
             None => Some(Key::from(inner.prefix.as_str())),
         };
         let entries = match recursive {
-            false => one_level(&inner, prefix.as_ref()).await?,
+            false => one_level(&inner, prefix.as_ref(), dir).await?,
             true => whole_tree(&inner, prefix.as_ref(), dir).await?,
         };
         let batches: Vec<Result<Vec<Metadata>>> = entries.chunks(1000).map(|batch| Ok(batch.to_vec())).collect();
@@ -429,7 +434,7 @@ impl Store for S3Store {
                 Ok(())
             }
             Err(object_store::Error::NotFound { .. }) if inner.is_directory(path).await? => {
-                Err(Error::DirectoryNotEmpty { path: path.as_str().to_owned() })
+                inner.delete_dir(path).await
             }
             Err(e) => Err(map_error(e, path.as_str(), "deleting an object")),
         }
@@ -438,18 +443,21 @@ impl Store for S3Store {
     async fn count_uploads(&self) -> Result<usize> {
         upload::count(&self.inner).await
     }
+
+    async fn create_dir(&self, path: &StorePath) -> Result<Metadata> {
+        self.inner.create_dir(path).await
+    }
 }
 
-/// One level: files (with their records) and directories (common prefixes),
-/// sorted by name like the local store's.
-async fn one_level(inner: &Inner, prefix: Option<&Key>) -> Result<Vec<Metadata>> {
+/// One level: files (with their records) and directories (common prefixes
+/// and empty ones), sorted by name like the local store's.
+async fn one_level(inner: &Inner, prefix: Option<&Key>, dir: Option<&StorePath>) -> Result<Vec<Metadata>> {
     let listing = inner.s3.list_with_delimiter(prefix).await.map_err(|e| backend("listing a directory", &e))?;
     let mut entries = Vec::new();
-    for dir in &listing.common_prefixes {
-        if let Some(path) = inner.store_path(dir) {
-            entries.push(Inner::directory(path));
-        }
-    }
+    let mut dirs: std::collections::BTreeSet<StorePath> =
+        listing.common_prefixes.iter().filter_map(|dir| inner.store_path(dir)).collect();
+    dirs.extend(inner.child_markers(dir).await?);
+    entries.extend(dirs.into_iter().map(Inner::directory));
     for object in &listing.objects {
         if let Some(path) = inner.store_path(&object.location) {
             entries.push(inner.file_metadata(&path, object).await);
@@ -470,7 +478,7 @@ async fn whole_tree(inner: &Inner, prefix: Option<&Key>, dir: Option<&StorePath>
         }
     }
     let mut entries = Vec::new();
-    let mut dirs = std::collections::BTreeSet::new();
+    let mut dirs: std::collections::BTreeSet<StorePath> = inner.all_markers(dir).await?.into_iter().collect();
     for (path, _) in &files {
         let (parents, _) = path.split_last();
         let mut at = String::new();
