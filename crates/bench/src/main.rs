@@ -18,11 +18,15 @@ use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use ferry_client::{Client, ClientOptions, Range, UploadOptions};
 
+mod batch;
 mod compression;
+mod concurrent;
+mod json_out;
 mod raw;
 mod recovery;
 mod report;
 mod s3;
+mod scaling;
 mod server;
 mod stats;
 mod system;
@@ -65,9 +69,10 @@ struct Args {
     /// Server chunk size (`ferry serve --chunk-size`: download payload bytes per message).
     #[arg(long, default_value_t = ferry_client::DEFAULT_CHUNK_SIZE, value_parser = units::parse_chunk_size)]
     server_chunk_size: usize,
-    /// Also print the results as one JSON line.
-    #[arg(long)]
-    json: bool,
+    /// Also give the results as JSON: one line on stdout, or with PATH a
+    /// file (for --scaling, the input of scripts/plot-scaling.py).
+    #[arg(long, value_name = "PATH", num_args = 0..=1)]
+    json: Option<Option<PathBuf>>,
     /// Keep the work directory (test file, server root and log) afterwards.
     #[arg(long)]
     keep: bool,
@@ -93,9 +98,39 @@ struct Args {
     tree: Option<usize>,
     #[arg(long, default_value = "4KiB", value_parser = units::parse_size)]
     tree_file_size: u64,
+    /// With --tree: also this many large files (a mixed tree).
+    #[arg(long, default_value_t = 0)]
+    tree_large: usize,
+    /// The size of each --tree-large file.
+    #[arg(long, default_value = "64MiB", value_parser = units::parse_size)]
+    tree_large_size: u64,
     /// Files at once for ferry's tree transfers.
     #[arg(long, default_value_t = 8)]
     jobs: usize,
+    /// Instead of the main series: this many ferry uploads at once of a
+    /// --size file each (to distinct remote paths), then as many downloads
+    /// at once, against as many raw TCP copies at once; aggregate MB/s and
+    /// the server's peak RSS per batch.
+    #[arg(long, conflicts_with = "scaling", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    concurrent: Option<u64>,
+    /// For --concurrent and --scaling: one client connection per transfer,
+    /// one connection shared by all (HTTP/2 streams), or both in turn.
+    #[arg(long, value_enum, default_value_t = batch::ConnectionsArg::Both)]
+    connections: batch::ConnectionsArg,
+    /// Instead of the main series: throughput and server peak RSS against
+    /// file size (--sizes, one transfer) and concurrency (--concurrency-levels,
+    /// each of --concurrency-size); markdown tables, and JSON with --json.
+    #[arg(long)]
+    scaling: bool,
+    /// File sizes for --scaling, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = units::parse_size, default_values = ["64MiB", "256MiB", "1GiB", "4GiB"])]
+    sizes: Vec<u64>,
+    /// Transfers at once for --scaling, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..=4096), default_values = ["1", "2", "4", "8", "16", "32", "64"])]
+    concurrency_levels: Vec<u64>,
+    /// File size of each transfer in --scaling's concurrency table.
+    #[arg(long, default_value = "64MiB", value_parser = units::parse_size)]
+    concurrency_size: u64,
 }
 
 /// Where the test file goes on the server.
@@ -132,10 +167,46 @@ async fn run(args: Args) -> Result<()> {
         return s3::run(&ferry, &base, endpoint, bucket, args.size, args.runs).await;
     }
     if let Some(files) = args.tree {
-        return tree::run(&ferry, &base, files, args.tree_file_size, args.jobs, args.runs);
+        return tree::run(
+            &ferry,
+            &base,
+            files,
+            args.tree_file_size,
+            args.tree_large,
+            args.tree_large_size,
+            args.jobs,
+            args.runs,
+        );
     }
     if args.compression {
         return compression::run(&ferry, &base, args.size, args.runs).await;
+    }
+    if args.scaling {
+        let options = scaling::Options {
+            sizes: args.sizes,
+            levels: args.concurrency_levels.iter().map(|&n| count(n)).collect::<Result<_>>()?,
+            concurrency_size: args.concurrency_size,
+            runs: args.runs,
+            modes: args.connections.modes(),
+            chunk_size: args.chunk_size,
+            server_chunk_size: args.server_chunk_size,
+            keep: args.keep,
+            json: args.json,
+        };
+        return scaling::run(&ferry, &base, options).await;
+    }
+    if let Some(n) = args.concurrent {
+        let options = concurrent::Options {
+            size: args.size,
+            count: count(n)?,
+            runs: args.runs,
+            modes: args.connections.modes(),
+            chunk_size: args.chunk_size,
+            server_chunk_size: args.server_chunk_size,
+            keep: args.keep,
+            json: args.json,
+        };
+        return concurrent::run(&ferry, &base, options).await;
     }
     // Declared before the server, so dropped after it: the server is killed
     // before its root is removed, on success and error alike.
@@ -182,10 +253,15 @@ async fn run(args: Args) -> Result<()> {
     };
     let report = Report { setup, raw, raw_sha256, upload, resumable, download, memory };
     report.print_table();
-    if args.json {
-        println!("{}", report.to_json());
+    if let Some(path) = &args.json {
+        json_out::emit(path.as_deref(), &report.to_json())?;
     }
     Ok(())
+}
+
+/// A transfer count from the command line, as an index type.
+fn count(n: u64) -> Result<usize> {
+    usize::try_from(n).context("too many transfers at once")
 }
 
 /// `--ferry`, or the `ferry` built next to this executable.

@@ -22,11 +22,21 @@ impl Drop for Daemon {
     }
 }
 
-pub fn run(ferry: &Path, base: &Path, files: usize, file_size: u64, jobs: usize, runs: u64) -> Result<()> {
-    let total = files as u64 * file_size;
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    ferry: &Path,
+    base: &Path,
+    files: usize,
+    file_size: u64,
+    large: usize,
+    large_size: u64,
+    jobs: usize,
+    runs: u64,
+) -> Result<()> {
+    let total = files as u64 * file_size + large as u64 * large_size;
     let (work, _) = WorkDir::create(base, total * 6 + (64 << 20), false)?;
     let src = work.join("tree");
-    generate(&src, files, file_size)?;
+    generate(&src, files, file_size, large, large_size)?;
     let server = Server::start(ferry, &work.join("root"), ferry_client::DEFAULT_CHUNK_SIZE, &work.join("server.log"))?;
     let rsync_root = work.join("rsync-root");
     std::fs::create_dir_all(&rsync_root)?;
@@ -59,54 +69,69 @@ pub fn run(ferry: &Path, base: &Path, files: usize, file_size: u64, jobs: usize,
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let rsync_url = format!("rsync://127.0.0.1:{port}/bench");
-    let (mut ferry_up, mut rsync_up, mut ferry_down, mut rsync_down) = (vec![], vec![], vec![], vec![]);
+    let names = ["ferry", "rsync", "rsync --fsync"];
+    let (mut up, mut down): ([Vec<f64>; 3], [Vec<f64>; 3]) = Default::default();
     let scratch = work.join("warm-up.tmp");
+    let warm = || workdir::warm_up(&scratch, total.max(64 << 20));
     for run in 1..=runs {
-        let remote = format!("run{run}");
-        workdir::warm_up(&scratch, total.max(64 << 20))?;
-        ferry_up.push(timed(|| {
-            command(ferry, &["--server", &server.url(), "put", "-r", "-q", "-j", &jobs.to_string()], &[&src], &remote)
+        let remote = |tool: usize| format!("run{run}-{tool}");
+        let local = |tool: usize| work.join(&format!("dst{run}-{tool}"));
+        let jobs = jobs.to_string();
+        warm()?;
+        up[0].push(timed(|| {
+            command(ferry, &["--server", &server.url(), "put", "-r", "-q", "-j", &jobs], &[&src], &remote(0))
         })?);
-        workdir::warm_up(&scratch, total.max(64 << 20))?;
-        rsync_up.push(timed(|| rsync(&format!("{}/", src.display()), &format!("{rsync_url}/{remote}/")))?);
-        let (ferry_dst, rsync_dst) = (work.join(&format!("ferry-dst{run}")), work.join(&format!("rsync-dst{run}")));
-        workdir::warm_up(&scratch, total.max(64 << 20))?;
-        ferry_down.push(timed(|| {
-            command(
-                ferry,
-                &["--server", &server.url(), "get", "-r", "-q", "-j", &jobs.to_string(), &remote],
-                &[&ferry_dst],
-                "",
-            )
+        for (tool, fsync) in [(1, false), (2, true)] {
+            warm()?;
+            up[tool].push(timed(|| {
+                rsync(&format!("{}/", src.display()), &format!("{rsync_url}/{}/", remote(tool)), fsync)
+            })?);
+        }
+        warm()?;
+        down[0].push(timed(|| {
+            command(ferry, &["--server", &server.url(), "get", "-r", "-q", "-j", &jobs, &remote(0)], &[&local(0)], "")
         })?);
-        workdir::warm_up(&scratch, total.max(64 << 20))?;
-        rsync_down.push(timed(|| rsync(&format!("{rsync_url}/{remote}/"), &format!("{}/", rsync_dst.display())))?);
-        eprintln!(
-            "run {run}/{runs}: up ferry {:.2} s, rsync {:.2} s; down ferry {:.2} s, rsync {:.2} s",
-            ferry_up[ferry_up.len() - 1],
-            rsync_up[rsync_up.len() - 1],
-            ferry_down[ferry_down.len() - 1],
-            rsync_down[rsync_down.len() - 1]
-        );
+        for (tool, fsync) in [(1, false), (2, true)] {
+            warm()?;
+            down[tool].push(timed(|| {
+                rsync(&format!("{rsync_url}/{}/", remote(tool)), &format!("{}/", local(tool).display()), fsync)
+            })?);
+        }
+        let last = |series: &[Vec<f64>; 3]| {
+            series.iter().map(|v| format!("{:.2}", v[v.len() - 1])).collect::<Vec<_>>().join(" / ")
+        };
+        eprintln!("run {run}/{runs} ({}): up {} s; down {} s", names.join(" / "), last(&up), last(&down));
     }
     let m = |v: &[f64]| Summary::of(v).median;
-    let line = |what: &str, ferry: f64, rsync: f64| {
-        println!(
-            "{what:<9} ferry {:>8.0} files/s {:>7.1} MB/s | rsync {:>8.0} files/s {:>7.1} MB/s | ferry/rsync {:.2}",
-            files as f64 / ferry,
-            units::megabytes_per_second(total, ferry),
-            files as f64 / rsync,
-            units::megabytes_per_second(total, rsync),
-            rsync / ferry
-        );
-    };
-    println!("{files} files of {file_size} bytes, -j {jobs}, median of {runs} runs, over loopback:");
-    line("upload", m(&ferry_up), m(&rsync_up));
-    line("download", m(&ferry_down), m(&rsync_down));
+    println!(
+        "{files} files of {} bytes{}, -j {jobs}, median of {runs} runs, over loopback (ferry commits every file durably, rsync only with --fsync):",
+        file_size,
+        if large > 0 { format!(" + {large} of {}", units::describe_size(large_size)) } else { String::new() }
+    );
+    println!("{:<9} {:<14} {:>9} {:>9} {:>13}", "", "tool", "files/s", "MB/s", "ferry ÷ tool");
+    for (what, series) in [("upload", &up), ("download", &down)] {
+        let ferry_s = m(&series[0]);
+        for (tool, name) in names.iter().enumerate() {
+            let seconds = m(&series[tool]);
+            println!(
+                "{what:<9} {name:<14} {:>9.0} {:>9.1} {:>13.2}",
+                (files + large) as f64 / seconds,
+                units::megabytes_per_second(total, seconds),
+                seconds / ferry_s
+            );
+        }
+    }
     Ok(())
 }
 
-fn generate(dir: &Path, files: usize, size: u64) -> Result<()> {
+/// `files` small files of `size` bytes, 100 per directory, then `large`
+/// files of `large_size` (a mixed tree: a dataset with a few big shards).
+fn generate(dir: &Path, files: usize, size: u64, large: usize, large_size: u64) -> Result<()> {
+    for i in 0..large {
+        let sub = dir.join("large");
+        std::fs::create_dir_all(&sub)?;
+        workdir::generate_test_file(&sub.join(format!("large{i}.bin")), large_size)?;
+    }
     // 100 files per directory, like a source tree or a dataset shard.
     for i in 0..files {
         let sub = dir.join(format!("d{:04}", i / 100));
@@ -139,8 +164,16 @@ fn command(ferry: &Path, args: &[&str], paths: &[&Path], last: &str) -> Result<(
     Ok(())
 }
 
-fn rsync(from: &str, to: &str) -> Result<()> {
-    let status = Command::new("rsync").args(["-a", from, to]).status().context("cannot run rsync")?;
+/// `rsync -a`, with `--fsync` (every written file fsynced, on the receiving
+/// side) when asked: the durable comparison for ferry, which commits every
+/// file durably.
+fn rsync(from: &str, to: &str, fsync: bool) -> Result<()> {
+    let mut command = Command::new("rsync");
+    command.arg("-a");
+    if fsync {
+        command.arg("--fsync");
+    }
+    let status = command.args([from, to]).status().context("cannot run rsync")?;
     ensure!(status.success(), "rsync failed: {status}");
     Ok(())
 }

@@ -194,22 +194,26 @@ fn send_files(
     order: &Mutex<Vec<usize>>,
 ) {
     for (index, file) in files.into_iter().enumerate() {
-        match send_file(&file, chunk_size, tx, || lock(order).push(index)) {
-            Ok(Some(digest)) => lock(sent)[index] = SendState::Sent(digest),
-            Ok(None) => return, // the stream is closed: the call says why
+        let on_header = || lock(order).push(index);
+        // Recorded before the finish goes out: the answer may come at once.
+        let on_digest = |digest: String| lock(sent)[index] = SendState::Sent(digest);
+        match send_file(&file, chunk_size, tx, on_header, on_digest) {
+            Ok(true) => {}
+            Ok(false) => return, // the stream is closed: the call says why
             Err(e) => lock(sent)[index] = SendState::Failed(e),
         }
     }
 }
 
-/// Sends one file; `Ok(None)` when the stream has closed. `on_header` runs
-/// as the header goes out.
+/// Sends one file; `Ok(false)` when the stream has closed. `on_header` runs
+/// as the header goes out, `on_digest` just before the finish.
 fn send_file(
     file: &LocalFile,
     chunk_size: usize,
     tx: &mpsc::Sender<UploadRequest>,
     on_header: impl FnOnce(),
-) -> Result<Option<String>> {
+    on_digest: impl FnOnce(String),
+) -> Result<bool> {
     let local = &file.local;
     let mut source =
         std::fs::File::open(local).map_err(|e| Error::io(format!("cannot open {}", local.display()), e))?;
@@ -235,7 +239,7 @@ fn send_file(
     };
     on_header();
     if tx.blocking_send(UploadRequest { kind: Some(Kind::Header(header)) }).is_err() {
-        return Ok(None);
+        return Ok(false);
     }
     let mut hasher = sha2::Sha256::new();
     let mut left = size;
@@ -252,15 +256,13 @@ fn send_file(
         let crc32c = Some(crc32c::crc32c(&buf));
         let chunk = Chunk { data: Bytes::from(buf), crc32c };
         if tx.blocking_send(UploadRequest { kind: Some(Kind::Chunk(chunk)) }).is_err() {
-            return Ok(None);
+            return Ok(false);
         }
     }
     let digest = hex::encode(hasher.finalize());
-    let finish = UploadFinish { sha256: digest.clone() };
-    if tx.blocking_send(UploadRequest { kind: Some(Kind::Finish(finish)) }).is_err() {
-        return Ok(None);
-    }
-    Ok(Some(digest))
+    on_digest(digest.clone());
+    let finish = UploadFinish { sha256: digest };
+    Ok(tx.blocking_send(UploadRequest { kind: Some(Kind::Finish(finish)) }).is_ok())
 }
 
 /// A downloaded file, verified, waiting for its batch to be made durable.
@@ -450,15 +452,25 @@ fn commit_local(batch: Vec<Written>, overwrite: bool, results: &mut [Option<Resu
 }
 
 /// Moves a finished file to its name; without `overwrite`, atomically refuses
-/// to replace anything (a hard link fails if the name exists).
+/// to replace anything (`RENAME_NOREPLACE`: one call, where a hard link and
+/// an unlink would be two).
 fn place(temp: &Path, target: &Path, overwrite: bool) -> Result<()> {
     let context = || format!("cannot finish writing {}", target.display());
-    if overwrite {
-        return std::fs::rename(temp, target).map_err(|e| Error::io(context(), e));
+    let flags = match overwrite {
+        true => rustix::fs::RenameFlags::empty(),
+        false => rustix::fs::RenameFlags::NOREPLACE,
+    };
+    match rustix::fs::renameat_with(rustix::fs::CWD, temp, rustix::fs::CWD, target, flags) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::EXIST) if !overwrite => Err(Error::LocalExists(target.to_owned())),
+        // A filesystem without RENAME_NOREPLACE: a hard link fails if the name exists.
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) if !overwrite => {
+            std::fs::hard_link(temp, target).map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Error::LocalExists(target.to_owned()),
+                _ => Error::io(context(), e),
+            })?;
+            std::fs::remove_file(temp).map_err(|e| Error::io(context(), e))
+        }
+        Err(errno) => Err(Error::io(context(), errno.into())),
     }
-    std::fs::hard_link(temp, target).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => Error::LocalExists(target.to_owned()),
-        _ => Error::io(context(), e),
-    })?;
-    std::fs::remove_file(temp).map_err(|e| Error::io(context(), e))
 }

@@ -26,7 +26,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use ferry_store::{ByteRange, EntryKind, Error, Metadata, Sha256, UploadId, UploadStatus, WriteMode, WriteOptions};
+use ferry_store::{
+    ByteRange, EntryKind, Error, Metadata, NewFile, Sha256, UploadId, UploadStatus, WriteMode, WriteOptions,
+};
 use tokio_stream::StreamExt;
 
 use support::{
@@ -85,6 +87,13 @@ conformance!(
     a_taken_upload_id_is_refused_while_streaming,
     reserved_name_is_never_listed,
     count_uploads,
+    put_files_round_trip,
+    put_files_failures_are_per_file,
+    put_files_same_path_twice_last_wins,
+    create_dir_makes_empty_directories,
+    create_dir_refuses_files_in_the_way,
+    created_directories_delete_like_directories,
+    files_in_a_created_directory,
 );
 
 fn resumable() -> WriteOptions {
@@ -994,4 +1003,346 @@ async fn count_uploads(fixture: &Fixture) {
     assert_eq!(store.count_uploads().await.unwrap(), 0, "after an abort");
     plain.commit(None).await.unwrap();
     assert_eq!(store.count_uploads().await.unwrap(), 0, "after the plain upload");
+}
+
+// ------------------------------------------------------------------ put_files
+
+/// A whole file for `put_files`, declaring nothing.
+fn new_file(raw: &str, bytes: &Bytes) -> NewFile {
+    NewFile { path: path(raw), options: WriteOptions::default(), data: bytes.clone() }
+}
+
+/// A whole file for `put_files` with its size and digest declared.
+fn declared_file(raw: &str, bytes: &Bytes) -> NewFile {
+    let options =
+        WriteOptions { size: Some(bytes.len() as u64), sha256: Some(Sha256::of(bytes)), ..WriteOptions::default() };
+    NewFile { path: path(raw), options, data: bytes.clone() }
+}
+
+/// `put_files` stores every file of a batch (empty ones, nested ones, with
+/// and without declared size, digest, mtime and permissions) and answers
+/// one result per file, in order, each with the metadata an upload's
+/// commit would have; `stat`, `read` and `list` then agree.
+async fn put_files_round_trip(fixture: &Fixture) {
+    let store = fixture.open().await;
+    let mtime = UNIX_EPOCH + Duration::new(1_600_000_000, 123_456_789);
+    let files: Vec<(&str, Bytes)> = vec![
+        ("pf/empty", Bytes::new()),
+        ("pf/one", data(1, 201)),
+        ("pf/sub/kib", data(1024, 202)),
+        ("pf/sub/deep/big", data(300_000, 203)),
+        ("pf/also-empty", Bytes::new()),
+        ("top", data(77, 204)),
+    ];
+    let batch: Vec<NewFile> = files
+        .iter()
+        .enumerate()
+        .map(|(i, (raw, bytes))| match i % 3 {
+            0 => new_file(raw, bytes),
+            1 => declared_file(raw, bytes),
+            _ => NewFile {
+                options: WriteOptions {
+                    mtime: Some(mtime),
+                    permissions: Some(0o640),
+                    ..declared_file(raw, bytes).options
+                },
+                ..new_file(raw, bytes)
+            },
+        })
+        .collect();
+    let before = SystemTime::now() - Duration::from_secs(5);
+    let results = within("put_files", store.put_files(batch)).await;
+    let after = SystemTime::now() + Duration::from_secs(5);
+    assert_eq!(results.len(), files.len(), "one result per file");
+    for (i, ((raw, bytes), result)) in files.iter().zip(&results).enumerate() {
+        let meta = result.as_ref().unwrap_or_else(|e| panic!("{raw}: put_files failed: {e}"));
+        let digest = Sha256::of(bytes);
+        assert_eq!(
+            (meta.path.as_str(), meta.kind, meta.size, meta.sha256),
+            (*raw, EntryKind::File, bytes.len() as u64, Some(digest)),
+            "{raw}: the result's metadata (result {i})"
+        );
+        let (want_mtime, want_permissions) = match i % 3 {
+            2 => (Some(mtime), 0o640),
+            _ => (None, 0o644),
+        };
+        assert_eq!(meta.permissions, want_permissions, "{raw}: the result's permissions");
+        match want_mtime {
+            Some(want) => assert_eq!(meta.mtime, want, "{raw}: the result's mtime"),
+            None => assert!(before <= meta.mtime && meta.mtime <= after, "{raw}: mtime {:?} not about now", meta.mtime),
+        }
+        let stat = store.stat(&path(raw)).await.unwrap();
+        assert_eq!(
+            (stat.kind, stat.size, stat.mtime, stat.permissions),
+            (EntryKind::File, bytes.len() as u64, meta.mtime, meta.permissions),
+            "{raw}: stat"
+        );
+        check_listed_digest(fixture, &format!("{raw}: stat"), stat.sha256, digest);
+        let (download, got) = read_all(store.as_ref(), raw, ByteRange::ALL).await.unwrap();
+        assert_eq!(download.meta.sha256, Some(digest), "{raw}: the download's digest");
+        assert!(got == bytes[..], "{raw}: read {} bytes that differ from those put", got.len());
+    }
+    let expected = [
+        dir("pf"),
+        file("pf/also-empty"),
+        file("pf/empty"),
+        file("pf/one"),
+        dir("pf/sub"),
+        dir("pf/sub/deep"),
+        file("pf/sub/deep/big"),
+        file("pf/sub/kib"),
+        file("top"),
+    ];
+    assert_listing(&list_entries(store.as_ref(), None, true).await, &expected, "after put_files");
+    assert!(within("an empty batch", store.put_files(Vec::new())).await.is_empty(), "an empty batch");
+    fixture.assert_nothing_staged("after put_files").await;
+}
+
+/// In one batch, files that fail (create-only onto an existing file, fewer
+/// bytes than declared, a wrong digest, a parent that is a file, a path
+/// that is a directory) fail alone, with their own error, at their own
+/// position: the files around them are stored, the failed ones leave
+/// nothing visible, and what was there stays as it was.
+async fn put_files_failures_are_per_file(fixture: &Fixture) {
+    let store = fixture.open().await;
+    let existing = data(500, 211);
+    put(store.as_ref(), "pe/exists", &existing).await;
+    put(store.as_ref(), "pe/dir/inside", &data(5, 212)).await;
+    let good: Vec<Bytes> = (0..6).map(|i| data(100 + i, 220 + i)).collect();
+    let wrong = Sha256::of(b"not these bytes");
+    let short = data(9, 213);
+    let mismatching = data(64, 214);
+
+    let batch = vec![
+        declared_file("pe/good0", &good[0]),
+        NewFile {
+            options: WriteOptions { mode: WriteMode::CreateOnly, ..WriteOptions::default() },
+            ..new_file("pe/exists", &data(10, 215))
+        },
+        declared_file("pe/good1", &good[1]),
+        NewFile { options: WriteOptions { size: Some(10), ..WriteOptions::default() }, ..new_file("pe/short", &short) },
+        declared_file("pe/good2", &good[2]),
+        NewFile {
+            options: WriteOptions { sha256: Some(wrong), ..WriteOptions::default() },
+            ..new_file("pe/mismatch", &mismatching)
+        },
+        new_file("pe/good3", &good[3]),
+        new_file("pe/exists/below", &data(10, 216)),
+        new_file("pe/good4", &good[4]),
+        new_file("pe/dir", &data(10, 217)),
+        declared_file("pe/good5", &good[5]),
+    ];
+    let results = within("put_files", store.put_files(batch)).await;
+    assert_eq!(results.len(), 11, "one result per file");
+    let mut results = results.into_iter();
+    let mut next = || results.next().expect("a result");
+    for (i, expect) in (0..11).map(|i| (i, i % 2 == 0)) {
+        let result = next();
+        if expect {
+            let bytes = &good[i / 2];
+            let meta = result.unwrap_or_else(|e| panic!("good file {}: {e}", i / 2));
+            assert_eq!((meta.size, meta.sha256), (bytes.len() as u64, Some(Sha256::of(bytes))), "good file {}", i / 2);
+            continue;
+        }
+        match i {
+            1 => expect_err!(result, Error::AlreadyExists { .. }, "create-only onto an existing file"),
+            3 => expect_err!(result, Error::SizeMismatch { declared: 10, received: 9 }, "fewer bytes than declared"),
+            5 => expect_err!(
+                result,
+                Error::DigestMismatch { expected, actual } if expected == wrong && actual == Sha256::of(&mismatching),
+                "a wrong digest"
+            ),
+            7 => expect_err!(result, Error::ParentNotDirectory { .. }, "a parent that is a file"),
+            9 => expect_err!(result, Error::IsDirectory { .. }, "a path that is a directory"),
+            _ => unreachable!(),
+        }
+    }
+    for (i, bytes) in good.iter().enumerate() {
+        assert!(content(store.as_ref(), &format!("pe/good{i}")).await == bytes[..], "pe/good{i}: its bytes");
+    }
+    assert!(content(store.as_ref(), "pe/exists").await == existing, "create-only replaced the existing file");
+    for missing in ["pe/short", "pe/mismatch", "pe/exists/below"] {
+        expect_err!(store.stat(&path(missing)).await, Error::NotFound { .. }, "{missing}: a failed file is visible");
+    }
+    assert_eq!(store.stat(&path("pe/dir")).await.unwrap().kind, EntryKind::Directory, "pe/dir is still a directory");
+    assert_listing(
+        &list_entries(store.as_ref(), Some("pe/dir"), true).await,
+        &[file("pe/dir/inside")],
+        "the directory a file was refused at",
+    );
+    fixture.assert_nothing_staged("after a batch with failures").await;
+}
+
+/// Two files with the same path in one batch are applied in order: both
+/// succeed (overwrite mode) and the last one is what is stored.
+async fn put_files_same_path_twice_last_wins(fixture: &Fixture) {
+    let store = fixture.open().await;
+    let (first, second, third) = (data(1000, 231), data(10, 232), data(2000, 233));
+    let batch = vec![
+        declared_file("twice/f", &first),
+        declared_file("twice/other", &third),
+        NewFile {
+            options: WriteOptions { permissions: Some(0o600), ..declared_file("twice/f", &second).options },
+            ..new_file("twice/f", &second)
+        },
+    ];
+    let results = within("put_files", store.put_files(batch)).await;
+    assert_eq!(results.len(), 3, "one result per file");
+    for (i, result) in results.iter().enumerate() {
+        assert!(result.is_ok(), "file {i}: {result:?}");
+    }
+    assert_eq!(results[0].as_ref().unwrap().sha256, Some(Sha256::of(&first)), "the first version's result");
+    assert_eq!(results[2].as_ref().unwrap().sha256, Some(Sha256::of(&second)), "the second version's result");
+    assert!(content(store.as_ref(), "twice/f").await == second, "the last version of twice/f wins");
+    let stat = store.stat(&path("twice/f")).await.unwrap();
+    assert_eq!((stat.size, stat.permissions), (10, 0o600), "stat: the last version's metadata");
+    check_listed_digest(fixture, "stat twice/f", stat.sha256, Sha256::of(&second));
+    assert!(content(store.as_ref(), "twice/other").await == third, "the file between them");
+    assert_listing(
+        &list_entries(store.as_ref(), None, true).await,
+        &[dir("twice"), file("twice/f"), file("twice/other")],
+        "one entry per path",
+    );
+    fixture.assert_nothing_staged("after a batch with one path twice").await;
+}
+
+// ----------------------------------------------------------------- create_dir
+
+/// `create_dir` makes an empty directory (and its missing parents): its
+/// metadata says Directory, `stat` agrees, it is listed one level and
+/// recursively, and listing it gives nothing. Making it again succeeds.
+async fn create_dir_makes_empty_directories(fixture: &Fixture) {
+    let store = fixture.open().await;
+    let meta = within("create_dir", store.create_dir(&path("empty"))).await.unwrap();
+    assert_eq!((meta.path.as_str(), meta.kind, meta.size, meta.sha256), ("empty", EntryKind::Directory, 0, None));
+    let stat = store.stat(&path("empty")).await.unwrap();
+    assert_eq!((stat.kind, stat.size), (EntryKind::Directory, 0), "stat of an empty directory");
+    assert_listing(&list_entries(store.as_ref(), None, false).await, &[dir("empty")], "the root, one level");
+    assert_listing(&list_entries(store.as_ref(), None, true).await, &[dir("empty")], "the root, recursive");
+    assert_listing(&list_entries(store.as_ref(), Some("empty"), false).await, &[], "the empty directory");
+    assert_listing(&list_entries(store.as_ref(), Some("empty"), true).await, &[], "the empty directory, recursive");
+
+    // Idempotent.
+    let again = within("create_dir again", store.create_dir(&path("empty"))).await.unwrap();
+    assert_eq!((again.path.as_str(), again.kind), ("empty", EntryKind::Directory), "making it again");
+    assert_listing(&list_entries(store.as_ref(), None, true).await, &[dir("empty")], "after making it again");
+
+    // Nested: every level is made.
+    let meta = within("create_dir nested", store.create_dir(&path("n/a/b"))).await.unwrap();
+    assert_eq!((meta.path.as_str(), meta.kind), ("n/a/b", EntryKind::Directory), "a nested directory");
+    for level in ["n", "n/a", "n/a/b"] {
+        assert_eq!(store.stat(&path(level)).await.unwrap().kind, EntryKind::Directory, "stat {level}");
+    }
+    let expected = [dir("empty"), dir("n"), dir("n/a"), dir("n/a/b")];
+    assert_listing(&list_entries(store.as_ref(), None, true).await, &expected, "the root, recursive");
+    assert_listing(&list_entries(store.as_ref(), None, false).await, &[dir("empty"), dir("n")], "the root");
+    assert_listing(&list_entries(store.as_ref(), Some("n"), false).await, &[dir("n/a")], "n");
+    assert_listing(&list_entries(store.as_ref(), Some("n"), true).await, &expected[2..], "n, recursive");
+    // A deeper level under existing ones, and the existing ones again.
+    store.create_dir(&path("n/a/c")).await.unwrap();
+    store.create_dir(&path("n/a")).await.unwrap();
+    assert_listing(
+        &list_entries(store.as_ref(), Some("n/a"), false).await,
+        &[dir("n/a/b"), dir("n/a/c")],
+        "n/a after adding n/a/c",
+    );
+    // Beside files, in name order.
+    put(store.as_ref(), "n/file", &data(3, 241)).await;
+    assert_listing(
+        &list_entries(store.as_ref(), Some("n"), true).await,
+        &[dir("n/a"), dir("n/a/b"), dir("n/a/c"), file("n/file")],
+        "n, recursive, with a file",
+    );
+    fixture.assert_nothing_staged("after create_dir").await;
+}
+
+/// A file in the way: at the path itself AlreadyExists, at a parent
+/// ParentNotDirectory; the file is untouched and no directory appears.
+async fn create_dir_refuses_files_in_the_way(fixture: &Fixture) {
+    let store = fixture.open().await;
+    let bytes = data(42, 251);
+    put(store.as_ref(), "f", &bytes).await;
+    put(store.as_ref(), "d/g", &bytes).await;
+    expect_err!(store.create_dir(&path("f")).await, Error::AlreadyExists { .. }, "a file at the path");
+    expect_err!(store.create_dir(&path("d/g")).await, Error::AlreadyExists { .. }, "a nested file at the path");
+    expect_err!(store.create_dir(&path("f/sub")).await, Error::ParentNotDirectory { .. }, "a file as the parent");
+    expect_err!(
+        store.create_dir(&path("d/g/sub/deeper")).await,
+        Error::ParentNotDirectory { .. },
+        "a file as a grandparent"
+    );
+    for raw in ["f", "d/g"] {
+        let stat = store.stat(&path(raw)).await.unwrap();
+        assert_eq!((stat.kind, stat.size), (EntryKind::File, 42), "{raw}: still the file");
+        assert!(content(store.as_ref(), raw).await == bytes, "{raw}: its bytes");
+    }
+    assert_listing(&list_entries(store.as_ref(), None, true).await, &[dir("d"), file("d/g"), file("f")], "the tree");
+}
+
+/// A created directory deletes like a directory: empty, it goes (and is
+/// then gone: stat, list, a second delete); holding an empty directory, it
+/// is DirectoryNotEmpty. A file cannot be uploaded onto it.
+async fn created_directories_delete_like_directories(fixture: &Fixture) {
+    let store = fixture.open().await;
+    store.create_dir(&path("gone")).await.unwrap();
+    store.create_dir(&path("p/q")).await.unwrap();
+    expect_err!(
+        store.create_upload(&path("gone"), WriteOptions::default()).await,
+        Error::IsDirectory { .. },
+        "an upload onto an empty directory"
+    );
+    let results = store.put_files(vec![new_file("gone", &data(3, 261))]).await;
+    expect_err!(results.into_iter().next().expect("a result"), Error::IsDirectory { .. }, "put_files onto it");
+
+    store.delete(&path("gone")).await.unwrap();
+    expect_err!(store.stat(&path("gone")).await, Error::NotFound { .. }, "stat of a deleted empty directory");
+    expect_err!(store.delete(&path("gone")).await, Error::NotFound { .. }, "a second delete");
+    expect_err!(list_batches(store.as_ref(), Some("gone"), false).await, Error::NotFound { .. }, "listing it");
+    assert_listing(&list_entries(store.as_ref(), None, true).await, &[dir("p"), dir("p/q")], "after the delete");
+
+    expect_err!(store.delete(&path("p")).await, Error::DirectoryNotEmpty { .. }, "a directory holding an empty one");
+    assert_eq!(store.stat(&path("p/q")).await.unwrap().kind, EntryKind::Directory, "the refused delete kept p/q");
+    store.delete(&path("p/q")).await.unwrap();
+    assert_listing(&list_entries(store.as_ref(), None, true).await, &[dir("p")], "after deleting p/q");
+    store.delete(&path("p")).await.unwrap();
+    assert_listing(&list_entries(store.as_ref(), None, true).await, &[], "everything deleted");
+    // Made again after its delete.
+    store.create_dir(&path("gone")).await.unwrap();
+    assert_listing(&list_entries(store.as_ref(), None, true).await, &[dir("gone")], "made again");
+}
+
+/// Files go into a created directory (by upload and by put_files); the
+/// directory is then listed once, not once as made and once as holding
+/// files, and it stays when its last file is deleted (it was made).
+async fn files_in_a_created_directory(fixture: &Fixture) {
+    let store = fixture.open().await;
+    store.create_dir(&path("u/v")).await.unwrap();
+    put(store.as_ref(), "u/x", &data(10, 271)).await;
+    let results = store.put_files(vec![new_file("u/v/y", &data(20, 272)), new_file("u/z", &data(30, 273))]).await;
+    assert!(results.iter().all(Result::is_ok), "put_files into created directories: {results:?}");
+
+    let expected = [dir("u"), dir("u/v"), file("u/v/y"), file("u/x"), file("u/z")];
+    assert_listing(&list_entries(store.as_ref(), None, true).await, &expected, "the root, recursive");
+    assert_listing(&list_entries(store.as_ref(), None, false).await, &[dir("u")], "the root, one level");
+    assert_listing(
+        &list_entries(store.as_ref(), Some("u"), false).await,
+        &[dir("u/v"), file("u/x"), file("u/z")],
+        "u, one level",
+    );
+    assert_listing(&list_entries(store.as_ref(), Some("u"), true).await, &expected[1..], "u, recursive");
+    // Making it again changes nothing.
+    store.create_dir(&path("u/v")).await.unwrap();
+    assert_listing(&list_entries(store.as_ref(), None, true).await, &expected, "after making u/v again");
+
+    expect_err!(store.delete(&path("u/v")).await, Error::DirectoryNotEmpty { .. }, "u/v holds a file");
+    store.delete(&path("u/v/y")).await.unwrap();
+    assert_eq!(store.stat(&path("u/v")).await.unwrap().kind, EntryKind::Directory, "a made directory, emptied");
+    assert_listing(
+        &list_entries(store.as_ref(), Some("u"), true).await,
+        &[dir("u/v"), file("u/x"), file("u/z")],
+        "u after emptying u/v",
+    );
+    store.delete(&path("u/v")).await.unwrap();
+    expect_err!(store.stat(&path("u/v")).await, Error::NotFound { .. }, "u/v after its delete");
+    fixture.assert_nothing_staged("after files in created directories").await;
 }

@@ -11,6 +11,7 @@
 //! files stream into an upload of their own, in constant memory. Answers go
 //! out in the order the files came, each once its file is durable.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -156,7 +157,12 @@ impl Receiver {
                     self.start_file(header).await?;
                 }
                 Some(Some(Kind::Chunk(chunk))) => self.chunk(chunk.data, chunk.crc32c).await?,
-                Some(Some(Kind::Finish(finish))) => self.finish(&finish.sha256)?,
+                Some(Some(Kind::Finish(finish))) => {
+                    // Ended now, not at the next header: a client that sends
+                    // one file and waits for its answer gets it.
+                    self.finish(&finish.sha256)?;
+                    self.end_file().await?;
+                }
                 Some(None) => {
                     return Err(ServiceError::protocol("an upload message carried no header, chunk or finish"));
                 }
@@ -293,7 +299,8 @@ impl Receiver {
             }
             Current::Large { index, path, upload, finished } => {
                 let booked = upload.declared_size().unwrap_or(0).max(upload.received());
-                let complete = finished.is_some() || upload.declared_size() == Some(upload.received());
+                // With a declared size, the commit checks the length.
+                let complete = finished.is_some() || upload.declared_size().is_some();
                 if !complete {
                     let e = ServiceError::protocol("a file without a declared size must end with a finish message");
                     return self.answer_error(index, path.as_str(), e, booked).await;
@@ -344,26 +351,30 @@ impl Receiver {
         let (ctx, ticket, replies, request_id) =
             (self.call.ctx.clone(), self.ticket.clone(), self.replies.clone(), self.call.id);
         let commit = async move {
-            let mut replaced = Vec::with_capacity(batch.len());
+            // What each path held before this batch, for the quota; a path
+            // sent twice replaces what the batch itself stored first.
+            let mut sizes: HashMap<StorePath, u64> = HashMap::new();
             for file in &batch {
-                replaced.push(ctx.admission.size_before_change(&file.file.path).await);
+                if !sizes.contains_key(&file.file.path) {
+                    let before = ctx.admission.size_before_change(&file.file.path).await;
+                    sizes.insert(file.file.path.clone(), before);
+                }
             }
             let (indexes, files): (Vec<u64>, Vec<NewFile>) = batch.into_iter().map(|b| (b.index, b.file)).unzip();
-            let booked: Vec<(String, u64)> =
-                files.iter().map(|f| (f.path.to_string(), f.options.size.unwrap_or(0))).collect();
+            let booked: Vec<(StorePath, u64)> =
+                files.iter().map(|f| (f.path.clone(), f.options.size.unwrap_or(0))).collect();
             let count = files.len();
             let results = ctx.store.put_files(files).await;
             tracing::debug!(files = count, "committed a batch");
-            for (((index, result), (path, size)), replaced) in
-                indexes.into_iter().zip(results).zip(booked).zip(replaced)
-            {
+            for ((index, result), (path, size)) in indexes.into_iter().zip(results).zip(booked) {
                 ticket.lock().unwrap_or_else(std::sync::PoisonError::into_inner).file_done(size);
                 let reply = match result {
                     Ok(meta) => {
+                        let replaced = sizes.insert(path, meta.size).unwrap_or(0);
                         ctx.admission.committed(meta.size, replaced);
                         file_reply(index, Ok(&meta), request_id)
                     }
-                    Err(e) => file_reply(index, Err((&path, e.into())), request_id),
+                    Err(e) => file_reply(index, Err((path.as_str(), e.into())), request_id),
                 };
                 // A client gone away misses its answers; the files are stored all the same.
                 let _ = replies.send(Ok(reply)).await;

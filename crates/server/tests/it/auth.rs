@@ -12,9 +12,10 @@ use ferry_client::ClientOptions;
 use ferry_proto::v1::ferry_client::FerryClient;
 use ferry_proto::v1::upload_session_response::Kind as Reply;
 use ferry_proto::v1::{
-    AbortUploadRequest, Chunk, CreateUploadRequest, DeleteRequest, DownloadRequest, ListRequest, QueryUploadRequest,
-    StatRequest, UploadFinish, UploadHeader, UploadRequest, UploadSessionRequest, UploadSessionStart,
-    download_response, upload_request, upload_session_request,
+    AbortUploadRequest, Chunk, CreateUploadRequest, DeleteRequest, DownloadFilesRequest, DownloadRequest, EntryKind,
+    ListRequest, MakeDirectoryRequest, QueryUploadRequest, StatRequest, UploadFinish, UploadHeader, UploadRequest,
+    UploadSessionRequest, UploadSessionStart, download_files_response, download_response, upload_files_response,
+    upload_request, upload_session_request,
 };
 use ferry_server::auth::token_digest;
 use ferry_server::{AuthOptions, Grant, Permission, Scope, ServerOptions};
@@ -100,11 +101,14 @@ enum Rpc {
     UploadSession,
     /// `Upload` continuing a session (`header.upload_id`) rather than starting one.
     UploadResume,
+    UploadFiles,
+    DownloadFiles,
+    MakeDirectory,
 }
 
 impl Rpc {
     /// Every method of `ferry.v1.Ferry`, and `Upload`'s second way in.
-    const ALL: [Rpc; 10] = [
+    const ALL: [Rpc; 13] = [
         Rpc::Upload,
         Rpc::Download,
         Rpc::Stat,
@@ -115,6 +119,9 @@ impl Rpc {
         Rpc::AbortUpload,
         Rpc::UploadSession,
         Rpc::UploadResume,
+        Rpc::UploadFiles,
+        Rpc::DownloadFiles,
+        Rpc::MakeDirectory,
     ];
 
     /// A target inside `team/` and one outside it. For the session RPCs this
@@ -122,7 +129,9 @@ impl Rpc {
     fn targets(self) -> (&'static str, &'static str) {
         match self {
             Rpc::Upload => ("team/uploaded.txt", "other/uploaded.txt"),
-            Rpc::Download | Rpc::Stat => ("team/a.txt", "other/b.txt"),
+            Rpc::Download | Rpc::Stat | Rpc::DownloadFiles => ("team/a.txt", "other/b.txt"),
+            Rpc::UploadFiles => ("team/many.txt", "other/many.txt"),
+            Rpc::MakeDirectory => ("team/made", "other/made"),
             Rpc::List => ("team", "other"),
             Rpc::Delete => ("team/doomed.txt", "other/doomed.txt"),
             Rpc::CreateUpload => ("team/created.bin", "other/created.bin"),
@@ -136,9 +145,17 @@ impl Rpc {
         matches!(self, Rpc::QueryUpload | Rpc::AbortUpload | Rpc::UploadSession | Rpc::UploadResume)
     }
 
-    /// Would create a file or a session if it were let through.
+    /// Would create a file, a directory or a session if it were let through.
     fn creates(self) -> bool {
-        matches!(self, Rpc::Upload | Rpc::CreateUpload | Rpc::UploadSession | Rpc::UploadResume)
+        matches!(
+            self,
+            Rpc::Upload
+                | Rpc::CreateUpload
+                | Rpc::UploadSession
+                | Rpc::UploadResume
+                | Rpc::UploadFiles
+                | Rpc::MakeDirectory
+        )
     }
 }
 
@@ -157,7 +174,7 @@ fn matrix() -> Vec<Case> {
         // A token that lacks the permission `rpc` needs, inside its prefix,
         // and the tokens that have it.
         let (lacking, allowed): (&str, &[&str]) = match rpc {
-            Rpc::Download | Rpc::Stat | Rpc::List => (DROPBOX, &[READER, WRITER]),
+            Rpc::Download | Rpc::Stat | Rpc::List | Rpc::DownloadFiles => (DROPBOX, &[READER, WRITER]),
             Rpc::Delete => (READER, &[WRITER]),
             _ => (READER, &[WRITER, DROPBOX]),
         };
@@ -309,6 +326,60 @@ async fn call(
             assert_eq!(reply.file.expect("the stored file").path, target);
             assert_eq!(std::fs::read(server.root().join(target)).expect("uploaded file"), SESSION_DATA);
         }
+        // A path the caller may not use is that file's error, not the call's:
+        // it is returned as the status the file failed with.
+        Rpc::UploadFiles => {
+            use upload_files_response::Result as Outcome;
+            let header =
+                UploadHeader { path: target.into(), size: Some(UPLOAD_DATA.len() as u64), ..Default::default() };
+            let messages = vec![
+                UploadRequest { kind: Some(upload_request::Kind::Header(header)) },
+                UploadRequest {
+                    kind: Some(upload_request::Kind::Chunk(Chunk { data: UPLOAD_DATA.to_vec().into(), crc32c: None })),
+                },
+                UploadRequest { kind: Some(upload_request::Kind::Finish(UploadFinish::default())) },
+            ];
+            let mut replies = raw.upload_files(request(tokio_stream::iter(messages), auth)).await?.into_inner();
+            let mut answers = Vec::new();
+            while let Some(reply) = replies.message().await? {
+                answers.push(reply);
+            }
+            assert_eq!(answers.len(), 1, "one answer for one file: {answers:?}");
+            let answer = answers.remove(0);
+            assert_eq!(answer.index, 0);
+            match answer.result.expect("a result") {
+                Outcome::Error(error) => {
+                    assert_eq!(error.path, target);
+                    return Err(Status::new(Code::from_i32(error.code), error.message));
+                }
+                Outcome::File(file) => assert_eq!(file.path, target),
+            }
+            assert_eq!(std::fs::read(server.root().join(target)).expect("uploaded file"), UPLOAD_DATA);
+        }
+        Rpc::DownloadFiles => {
+            use download_files_response::Kind;
+            let paths = vec![target.to_owned()];
+            let mut stream = raw.download_files(request(DownloadFilesRequest { paths }, auth)).await?.into_inner();
+            let (mut info, mut data) = (None, Vec::new());
+            while let Some(message) = stream.message().await? {
+                match message.kind.expect("a part") {
+                    Kind::Info(file) => info = Some(file),
+                    Kind::Chunk(chunk) => data.extend_from_slice(&chunk.data),
+                    Kind::Error(error) => {
+                        assert_eq!(error.path, target);
+                        return Err(Status::new(Code::from_i32(error.code), error.message));
+                    }
+                }
+            }
+            assert_eq!(info.expect("the file's info").path, target);
+            assert_eq!(data, std::fs::read(server.root().join(target)).expect("served file"));
+        }
+        Rpc::MakeDirectory => {
+            let reply = raw.make_directory(request(MakeDirectoryRequest { path: target.into() }, auth)).await?;
+            let info = reply.into_inner().info.expect("info");
+            assert_eq!((info.path.as_str(), info.kind), (target, EntryKind::Directory as i32));
+            assert!(server.root().join(target).is_dir(), "the directory was made");
+        }
     }
     Ok(None)
 }
@@ -346,7 +417,7 @@ async fn every_rpc_authenticates_then_checks_its_scope() {
             if rpc.creates() && server.root().join(target).exists() {
                 failures.push(format!("{case:?}: the refused upload left a file"));
             }
-            if matches!(rpc, Rpc::Upload | Rpc::CreateUpload) && staged(&server) != 0 {
+            if matches!(rpc, Rpc::Upload | Rpc::CreateUpload | Rpc::UploadFiles) && staged(&server) != 0 {
                 failures.push(format!("{case:?}: the refused upload left something in staging"));
             }
         }
@@ -356,6 +427,7 @@ async fn every_rpc_authenticates_then_checks_its_scope() {
         }
         if rpc.creates() {
             let _ = std::fs::remove_file(server.root().join(target));
+            let _ = std::fs::remove_dir(server.root().join(target));
         }
     }
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));

@@ -12,6 +12,7 @@ mod auth;
 mod bytestream;
 mod compression;
 mod faults;
+mod files;
 mod hostile;
 mod http2;
 mod limits;

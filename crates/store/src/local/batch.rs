@@ -149,7 +149,9 @@ fn place_all(inner: &Inner, staged: Vec<Staged>) -> Vec<(usize, Result<Metadata>
             .entry(key.clone())
             .or_insert_with(|| resolve::open_dir_creating(inner.root.as_fd(), &segments, &path));
         let outcome = match parent {
-            Ok(parent) => place(parent, &staged, name, &path, file.options.mode),
+            // As an upload would: never replace a link, a directory or a device.
+            Ok(parent) => refuse_non_file(parent, name, &path)
+                .and_then(|()| place(parent, &staged, name, &path, file.options.mode)),
             Err(e) => Err(e.clone_for(&path)),
         };
         let outcome = outcome.map(|()| resolve::metadata(path.clone(), EntryKind::File, &st, Some(sha256)));
@@ -173,6 +175,18 @@ fn place_all(inner: &Inner, staged: Vec<Staged>) -> Vec<(usize, Result<Metadata>
             (index, outcome)
         })
         .collect()
+}
+
+/// Whatever is at `parent/name` must be a regular file, or nothing.
+fn refuse_non_file(parent: &OwnedFd, name: &str, path: &crate::StorePath) -> Result<()> {
+    match resolve::stat_entry(parent.as_fd(), name, path) {
+        Err(Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+        Ok(st) => match resolve::entry_kind(&st, path)? {
+            EntryKind::Directory => Err(Error::IsDirectory { path: path.as_str().to_owned() }),
+            EntryKind::File => Ok(()),
+        },
+    }
 }
 
 fn fail_all(count: usize, error: &Error) -> Vec<Result<Metadata>> {

@@ -60,6 +60,8 @@ struct Inner {
     root: OwnedFd,
     uploads_dir: PathBuf,
     sessions: upload::Sessions,
+    /// Shared by all uploads: bytes they may have queued for the disk.
+    write_budget: Arc<tokio::sync::Semaphore>,
     read_chunk: usize,
     /// Held for the store's lifetime: an exclusive `flock` on `.ferry/lock`.
     _lock: OwnedFd,
@@ -111,6 +113,7 @@ impl LocalStore {
             root: root_fd,
             uploads_dir,
             sessions: upload::Sessions::default(),
+            write_budget: Arc::new(tokio::sync::Semaphore::new(upload::WRITE_BUDGET)),
             read_chunk: options.read_chunk.max(1),
             _lock: lock,
         };

@@ -19,10 +19,10 @@ use super::{Inner, blocking, digest_cache};
 use crate::{ByteRange, Download, EntryKind, Error, Result, StorePath};
 
 /// Chunks read ahead of the network. With the chunk tonic is encoding and
-/// the one h2 holds for the socket, an unread download pins READ_AHEAD + 2
-/// chunks: 4 MiB with the defaults, which is what bounds memory when many
+/// the one h2 holds for the socket, an unread download pins at most
+/// READ_AHEAD + 2 chunks: 4 MiB with the defaults, which is what bounds memory when many
 /// clients stop reading (docs/operations.md, "Memory bound").
-const READ_AHEAD: usize = 2;
+const READ_AHEAD: usize = 1;
 
 /// Opens `dir/name` for reading if, and only if, it is a regular file.
 pub(super) fn open_file(dir: BorrowedFd<'_>, name: &str, path: &StorePath) -> Result<(File, Stat)> {
@@ -70,14 +70,24 @@ pub(super) async fn read(inner: Arc<Inner>, path: StorePath, range: ByteRange) -
 
 /// Reads `length` bytes from the file's current position into the channel,
 /// stopping early if the receiver goes away (the client cancelled).
+///
+/// A chunk is read only once the channel has room for it, so an unread
+/// download holds READ_AHEAD chunks here, not one more. The buffer is
+/// allocated here, on the runtime's threads, where it is also freed once
+/// sent: a buffer allocated on a blocking-pool thread and freed elsewhere
+/// stays cached by the allocator for the thread that made it, and with
+/// many downloads at once (many pool threads) that cost about 2 MiB per
+/// download in measurements (docs/performance.md, "Many transfers at once").
 async fn send_chunks(file: File, length: u64, chunk: usize, tx: mpsc::Sender<Result<Bytes>>) {
     let mut file = Some(file);
     let mut remaining = length;
     while remaining > 0 {
+        let Ok(slot) = tx.reserve().await else { return };
         let Some(owned) = file.take() else { return };
         let want = remaining.min(chunk as u64);
+        let buf = Vec::with_capacity(want as usize);
         let read = blocking(move || {
-            let mut buf = Vec::with_capacity(want as usize);
+            let mut buf = buf;
             (&owned).take(want).read_to_end(&mut buf).map_err(|e| Error::io("reading a file", e))?;
             if (buf.len() as u64) < want {
                 // Only something outside ferry truncates files in place.
@@ -92,13 +102,11 @@ async fn send_chunks(file: File, length: u64, chunk: usize, tx: mpsc::Sender<Res
                 Bytes::from(buf)
             }
             Err(e) => {
-                let _ = tx.send(Err(e)).await;
+                slot.send(Err(e));
                 return;
             }
         };
         remaining -= data.len() as u64;
-        if tx.send(Ok(data)).await.is_err() {
-            return;
-        }
+        slot.send(Ok(data));
     }
 }

@@ -35,7 +35,7 @@ use bytes::Bytes;
 use rustix::fs::{self, Mode, Timespec, Timestamps};
 use rustix::io::Errno;
 use sha2::Digest as _;
-use tokio::sync::{OwnedMutexGuard, mpsc, oneshot, watch};
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::resolve::{self, Purpose};
@@ -48,6 +48,11 @@ use crate::{
 
 /// Chunks queued between the network and the disk.
 const WRITE_QUEUE: usize = 4;
+/// Bytes queued for the disk across all uploads of the store at once. One
+/// upload may queue up to WRITE_QUEUE chunks; with many at once they share
+/// this, so that memory stays bounded whatever the concurrency (measured:
+/// 64 uploads at once, docs/performance.md).
+pub(super) const WRITE_BUDGET: usize = 64 * 1024 * 1024;
 /// Bytes between checkpoints (fdatasync + journal). Also bounds what a crash
 /// can lose of a resumable upload, and what a client must send again.
 pub const SYNC_INTERVAL: u64 = 32 * 1024 * 1024;
@@ -118,14 +123,11 @@ impl Sessions {
 
 /// What travels from the upload to its writer task, in order.
 enum Item {
-    Data(Bytes),
+    /// With its share of [`WRITE_BUDGET`], given back once written.
+    Data(Bytes, OwnedSemaphorePermit),
     /// Make `offset` bytes durable (and journal `hash_state` with them). With
     /// a reply, the caller waits; without, it happens in the background.
-    Checkpoint {
-        offset: u64,
-        hash_state: String,
-        reply: Option<oneshot::Sender<Result<()>>>,
-    },
+    Checkpoint { offset: u64, hash_state: String, reply: Option<oneshot::Sender<Result<()>>> },
 }
 
 pub(super) struct LocalUpload {
@@ -353,9 +355,10 @@ impl Writer {
         let mut in_flight: Option<JoinHandle<Result<()>>> = None;
         while let Some(item) = items.recv().await {
             match item {
-                Item::Data(data) => {
+                Item::Data(data, budget) => {
                     file = blocking(move || {
                         file.write_all(&data).map_err(|e| Error::io("writing an upload", e))?;
+                        drop(budget);
                         Ok(file)
                     })
                     .await?;
@@ -440,7 +443,15 @@ impl Upload for LocalUpload {
         }
         self.hasher.update(&data);
         self.received = received;
-        self.send(Item::Data(data)).await?;
+        let bytes = u32::try_from(data.len().min(WRITE_BUDGET)).unwrap_or(u32::MAX);
+        let budget = self
+            .inner
+            .write_budget
+            .clone()
+            .acquire_many_owned(bytes.max(1))
+            .await
+            .map_err(|_| Error::io("writing an upload", std::io::Error::other("the write budget was closed")))?;
+        self.send(Item::Data(data, budget)).await?;
         if self.received - self.last_checkpoint >= SYNC_INTERVAL {
             self.last_checkpoint = self.received;
             let checkpoint = self.checkpoint(None);
