@@ -22,6 +22,7 @@ mod batch;
 mod compression;
 mod concurrent;
 mod json_out;
+mod parallel;
 mod raw;
 mod recovery;
 mod report;
@@ -104,6 +105,10 @@ struct Args {
     /// The size of each --tree-large file.
     #[arg(long, default_value = "64MiB", value_parser = units::parse_size)]
     tree_large_size: u64,
+    /// Instead of the main series: one file (--size) downloaded over one
+    /// connection and over this many at once.
+    #[arg(long)]
+    parallel_download: Option<usize>,
     /// Files at once for ferry's tree transfers.
     #[arg(long, default_value_t = 8)]
     jobs: usize,
@@ -177,6 +182,9 @@ async fn run(args: Args) -> Result<()> {
             args.jobs,
             args.runs,
         );
+    }
+    if let Some(connections) = args.parallel_download {
+        return parallel::run(&ferry, &base, args.size, connections.max(1), args.runs).await;
     }
     if args.compression {
         return compression::run(&ferry, &base, args.size, args.runs).await;

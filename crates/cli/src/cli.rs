@@ -245,6 +245,11 @@ pub struct GetArgs {
     /// beside the target) and do not retry: a failure removes what arrived.
     #[arg(long)]
     pub no_resume: bool,
+    /// Fetch the file over N connections at once, in 16 MiB pieces (for
+    /// links where one stream cannot fill the pipe). Pieces that fail are
+    /// fetched again; a partial file is not kept for a later run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64), conflicts_with_all = ["offset", "length", "recursive"])]
+    pub parallel: u16,
     /// REMOTE is a directory: download the whole tree into LOCAL, skipping
     /// files that are already identical (same size and SHA-256).
     #[arg(short, long)]

@@ -231,7 +231,13 @@ fn target_parts(local: &Path) -> (&Path, String) {
 /// Syncs a verified download, gives it the server's mtime and permission
 /// bits, and moves it to its name (refusing to replace a file unless
 /// `overwrite`); then syncs the directory so the new name is durable too.
-fn finish_local(file: std::fs::File, part: &Path, local: &Path, meta: &RemoteFile, overwrite: bool) -> Result<()> {
+pub(crate) fn finish_local(
+    file: std::fs::File,
+    part: &Path,
+    local: &Path,
+    meta: &RemoteFile,
+    overwrite: bool,
+) -> Result<()> {
     let context = || format!("cannot finish writing {}", local.display());
     if let Some(mtime) = meta.mtime {
         file.set_modified(mtime).map_err(|e| Error::io(context(), e))?;

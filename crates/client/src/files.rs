@@ -377,7 +377,7 @@ fn write_files(
     results
 }
 
-fn temp_beside(local: &Path) -> Result<tempfile::NamedTempFile> {
+pub(crate) fn temp_beside(local: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = match local.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),

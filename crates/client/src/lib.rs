@@ -27,6 +27,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 mod download;
 mod error;
 mod files;
+mod parallel;
 mod resume;
 mod types;
 pub mod units;
@@ -35,6 +36,7 @@ mod upload;
 pub use error::Error;
 pub use ferry_proto::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 pub use files::{DownloadTarget, LocalFile, MAX_DOWNLOAD_PATHS};
+pub use parallel::{PIECE, download_parallel};
 pub use resume::{RetryPolicy, UploadState, committed_offset};
 pub use tonic::Code;
 pub use types::{Range, RemoteFile, UploadOptions};

@@ -35,7 +35,16 @@ pub async fn run(server: &crate::cli::ConnectionArgs, args: GetArgs) -> anyhow::
         local => {
             let target = target_path(&args.remote, local)?;
             let whole = args.offset == 0 && args.length.is_none();
-            if whole && !args.no_resume {
+            if whole && args.parallel > 1 {
+                let mut clients = vec![client.clone()];
+                for _ in 1..args.parallel {
+                    clients.push(connect(server, args.transfer.chunk_size).await?);
+                }
+                let policy = RetryPolicy::default();
+                let download =
+                    ferry_client::download_parallel(&clients, &args.remote, &target, args.force, &policy, progress);
+                interruptible(download).await
+            } else if whole && !args.no_resume {
                 let quiet = args.transfer.quiet;
                 let on_resume = move |at: u64| {
                     if !quiet {

@@ -18,6 +18,7 @@ mod http2;
 mod limits;
 mod metrics;
 mod objects;
+mod parallel;
 mod proxy;
 mod resume;
 mod security;

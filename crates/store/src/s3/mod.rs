@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use tokio_stream::StreamExt;
 
 use crate::{
-    BoxStream, ByteRange, Download, EntryKind, Error, Metadata, Result, Sha256, Store, StorePath, Upload, UploadId,
-    UploadStatus, WriteOptions,
+    BoxStream, ByteRange, Download, EntryKind, Error, Metadata, NewFile, Result, Sha256, Store, StorePath, Upload,
+    UploadId, UploadStatus, WriteOptions,
 };
 
 mod dirs;
@@ -182,6 +182,12 @@ impl S3Store {
     }
 }
 
+/// File records read at once while listing: a listing of thousands of files
+/// would otherwise wait for thousands of GETs one after another.
+const LISTING_CONCURRENCY: usize = 32;
+/// Small files stored at once by [`Store::put_files`].
+const PUT_CONCURRENCY: usize = 8;
+
 impl Inner {
     fn key_raw(&self, rel: &str) -> Key {
         match self.prefix.as_str() {
@@ -233,6 +239,17 @@ impl Inner {
             permissions: record.as_ref().map_or(0o644, |r| r.permissions),
             sha256: record.and_then(|r| Sha256::from_hex(&r.sha256).ok()),
         }
+    }
+
+    /// [`Inner::file_metadata`] of many files, [`LISTING_CONCURRENCY`] record
+    /// reads at a time (one GET each), in the order given.
+    async fn files_metadata(&self, files: Vec<(StorePath, ObjectMeta)>) -> Vec<Metadata> {
+        let mut entries = Vec::with_capacity(files.len());
+        for batch in files.chunks(LISTING_CONCURRENCY) {
+            let reads: Vec<_> = batch.iter().map(|(path, object)| self.file_metadata(path, object)).collect();
+            entries.extend(futures_util::future::join_all(reads).await);
+        }
+        entries
     }
 
     fn directory(path: StorePath) -> Metadata {
@@ -447,6 +464,21 @@ impl Store for S3Store {
     async fn create_dir(&self, path: &StorePath) -> Result<Metadata> {
         self.inner.create_dir(path).await
     }
+
+    /// Small files as single uploads, [`PUT_CONCURRENCY`] at a time: each is
+    /// its own object, so there is nothing to share but the waiting. A batch
+    /// naming a path twice goes one file at a time, to keep its order.
+    async fn put_files(&self, files: Vec<NewFile>) -> Vec<Result<Metadata>> {
+        let distinct: std::collections::HashSet<&StorePath> = files.iter().map(|f| &f.path).collect();
+        let at_once = if distinct.len() == files.len() { PUT_CONCURRENCY } else { 1 };
+        let mut results = Vec::with_capacity(files.len());
+        let mut files = files.into_iter().peekable();
+        while files.peek().is_some() {
+            let puts: Vec<_> = files.by_ref().take(at_once).map(|file| crate::put_whole(self, file)).collect();
+            results.extend(futures_util::future::join_all(puts).await);
+        }
+        results
+    }
 }
 
 /// One level: files (with their records) and directories (common prefixes
@@ -458,11 +490,12 @@ async fn one_level(inner: &Inner, prefix: Option<&Key>, dir: Option<&StorePath>)
         listing.common_prefixes.iter().filter_map(|dir| inner.store_path(dir)).collect();
     dirs.extend(inner.child_markers(dir).await?);
     entries.extend(dirs.into_iter().map(Inner::directory));
-    for object in &listing.objects {
-        if let Some(path) = inner.store_path(&object.location) {
-            entries.push(inner.file_metadata(&path, object).await);
-        }
-    }
+    let files = listing
+        .objects
+        .iter()
+        .filter_map(|object| Some((inner.store_path(&object.location)?, object.clone())))
+        .collect();
+    entries.extend(inner.files_metadata(files).await);
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(entries)
 }
@@ -493,9 +526,7 @@ async fn whole_tree(inner: &Inner, prefix: Option<&Key>, dir: Option<&StorePath>
     for dir in dirs {
         entries.push(Inner::directory(dir));
     }
-    for (path, object) in &files {
-        entries.push(inner.file_metadata(path, object).await);
-    }
+    entries.extend(inner.files_metadata(files).await);
     // Depth first in name order: "a", "a/x", "a/y", "b" (segment-wise).
     entries.sort_by(|a, b| a.path.segments().cmp(b.path.segments()));
     Ok(entries)
