@@ -312,6 +312,12 @@ pub trait Upload: Debug + Send {
     /// Makes everything accepted so far durable; returns the committed offset.
     async fn sync(&mut self) -> Result<u64>;
 
+    /// Completes once the committed offset is past `seen` (as a background
+    /// sync finishes), so that a stream can tell its client without waiting
+    /// for the next chunk. Backends that commit only as data arrives never
+    /// complete it.
+    async fn committed_past(&self, seen: u64);
+
     /// Completes when another stream takes the session over (resume or abort).
     async fn preempted(&self);
 

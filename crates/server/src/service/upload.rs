@@ -178,7 +178,8 @@ where
 }
 
 /// Feeds chunks into `upload` until the stream ends; returns the digest of
-/// the finish message, if any. `on_chunk` sees the upload after each chunk.
+/// the finish message, if any. `on_chunk` sees the upload after each chunk,
+/// and whenever its committed offset advances.
 ///
 /// If the stream breaks, idles out or misbehaves, a resumable upload is
 /// synced first, so that everything received is kept for the resume.
@@ -196,9 +197,16 @@ where
     let size_declared = upload.declared_size().is_some();
     let mut finished = None;
     let result = loop {
+        let seen = upload.committed();
         let next = tokio::select! {
             biased;
             () = upload.preempted() => break Err(ServiceError::Store(StoreError::Preempted { id: upload.id().to_string() })),
+            // A background sync finished: tell the client now, not at the next chunk
+            // (a client may be waiting for it to free what it holds).
+            () = upload.committed_past(seen) => {
+                on_chunk(upload);
+                continue;
+            }
             next = next_message(&mut stream, idle) => next,
         };
         match next {

@@ -62,6 +62,19 @@ impl Session {
         true
     }
 
+    /// Reads acknowledgements, without sending anything, until one reaches
+    /// `at_least`; returns them all.
+    async fn acks_until(&mut self, at_least: u64) -> Vec<u64> {
+        let mut acks = Vec::new();
+        while acks.last().is_none_or(|&last| last < at_least) {
+            match self.replies.message().await.expect("a reply").expect("the stream goes on").kind {
+                Some(Reply::CommittedOffset(offset)) => acks.push(offset),
+                other => panic!("expected an acknowledgement, got {other:?}"),
+            }
+        }
+        acks
+    }
+
     /// Sends finish and collects the replies: (acknowledged offsets, file).
     async fn finish(mut self, sha256: &str) -> Result<(Vec<u64>, FileInfo), Status> {
         let finish = UploadSessionRequest { kind: Some(Kind::Finish(UploadFinish { sha256: sha256.into() })) };
@@ -252,9 +265,16 @@ async fn the_server_acknowledges_durable_offsets_as_data_flows() {
     let mut raw = server.raw().await;
     let data = random_bytes(100 * MIB, 9);
     let id = create(&mut raw, "acked.bin", data.len()).await;
-    let session = Session::open(&mut raw, &id, 0).await.expect("open");
+    let mut session = Session::open(&mut raw, &id, 0).await.expect("open");
     assert!(session.send(&data).await);
-    let (acks, file) = session.finish(&sha256_hex(&data)).await.expect("finish");
+    // Nothing more is sent: each durable step is told as its sync finishes,
+    // not at the next chunk (a client may wait for it to free its buffer).
+    let last_step = (data.len() as u64 / SYNC_INTERVAL as u64) * SYNC_INTERVAL as u64;
+    let mut acks = tokio::time::timeout(Duration::from_secs(60), session.acks_until(last_step))
+        .await
+        .expect("acknowledgements up to the last 32 MiB step, without another chunk");
+    let (more, file) = session.finish(&sha256_hex(&data)).await.expect("finish");
+    acks.extend(more);
     assert!(acks.len() >= 2, "expected acknowledgements at 32 MiB steps, got {acks:?}");
     assert!(acks.windows(2).all(|w| w[0] < w[1]), "acknowledged offsets only grow: {acks:?}");
     assert!(acks.iter().all(|&a| a % SYNC_INTERVAL as u64 == 0 && a <= data.len() as u64), "{acks:?}");

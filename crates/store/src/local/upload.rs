@@ -3,7 +3,8 @@
 //! Every upload writes to `.ferry/uploads/<id>/data` (never served, same
 //! filesystem as the root). Each chunk is hashed as it arrives, then written
 //! by a writer task on the blocking pool, fed by a small bounded queue: memory
-//! per upload is at most `WRITE_QUEUE + 1` chunks, and a slow disk slows the
+//! per upload is at most `WRITE_QUEUE + 1` chunks (and all uploads share
+//! `WRITE_BUDGET` bytes of queue), and a slow disk slows the
 //! sender (backpressure reaches the client through HTTP/2 flow control).
 //!
 //! Every [`SYNC_INTERVAL`] bytes a checkpoint follows the data through the
@@ -47,7 +48,7 @@ use crate::{
 };
 
 /// Chunks queued between the network and the disk.
-const WRITE_QUEUE: usize = 4;
+const WRITE_QUEUE: usize = 2;
 /// Bytes queued for the disk across all uploads of the store at once. One
 /// upload may queue up to WRITE_QUEUE chunks; with many at once they share
 /// this, so that memory stays bounded whatever the concurrency (measured:
@@ -338,6 +339,12 @@ pub(super) fn check_target(inner: &Inner, path: &StorePath, mode: WriteMode) -> 
     }
 }
 
+/// What the writer task waits for next.
+enum Next {
+    Item(Option<Item>),
+    Synced(std::result::Result<Result<()>, tokio::task::JoinError>),
+}
+
 /// The writer task's state (the file itself moves in and out of blocking calls).
 struct Writer {
     session: SessionDir,
@@ -353,7 +360,31 @@ impl Writer {
     /// Writes each item in order until the queue closes; returns the file.
     async fn run(mut self, mut items: mpsc::Receiver<Item>, mut file: File) -> Result<Finished> {
         let mut in_flight: Option<JoinHandle<Result<()>>> = None;
-        while let Some(item) = items.recv().await {
+        // A background checkpoint that came while another was syncing: it
+        // starts as soon as that one is done (the newest replaces an older
+        // one), so the committed offset keeps advancing on a slow disk.
+        let mut deferred: Option<(u64, String)> = None;
+        loop {
+            let next = match (&mut in_flight, deferred.is_some()) {
+                (Some(sync), true) => tokio::select! {
+                    biased;
+                    item = items.recv() => Next::Item(item),
+                    synced = sync => Next::Synced(synced),
+                },
+                _ => Next::Item(items.recv().await),
+            };
+            let item = match next {
+                Next::Synced(synced) => {
+                    in_flight = None;
+                    synced.map_err(|e| Error::io("syncing an upload", std::io::Error::other(e)))??;
+                    if let Some((offset, hash_state)) = deferred.take() {
+                        in_flight = Some(self.checkpoint(&file, offset, hash_state)?);
+                    }
+                    continue;
+                }
+                Next::Item(None) => break,
+                Next::Item(Some(item)) => item,
+            };
             match item {
                 Item::Data(data, budget) => {
                     file = blocking(move || {
@@ -363,12 +394,17 @@ impl Writer {
                     })
                     .await?;
                 }
-                // A background sync is still running: a later checkpoint will come.
-                Item::Checkpoint { reply: None, .. } if in_flight.as_ref().is_some_and(|t| !t.is_finished()) => {}
+                Item::Checkpoint { offset, hash_state, reply: None }
+                    if in_flight.as_ref().is_some_and(|t| !t.is_finished()) =>
+                {
+                    deferred = Some((offset, hash_state));
+                }
                 Item::Checkpoint { offset, hash_state, reply } => {
                     if let Some(previous) = in_flight.take() {
                         join(previous).await?;
                     }
+                    // This one is newer than any deferred one.
+                    deferred = None;
                     let sync = self.checkpoint(&file, offset, hash_state)?;
                     match reply {
                         None => in_flight = Some(sync),
@@ -386,6 +422,9 @@ impl Writer {
         }
         if let Some(previous) = in_flight {
             join(previous).await?;
+        }
+        if let Some((offset, hash_state)) = deferred {
+            join(self.checkpoint(&file, offset, hash_state)?).await?;
         }
         Ok(Finished { file, claim: self.claim.take() })
     }
@@ -483,6 +522,14 @@ impl Upload for LocalUpload {
                 self.finish_writer().await?;
                 Err(Error::io("syncing an upload", std::io::Error::other("writer stopped")))
             }
+        }
+    }
+
+    async fn committed_past(&self, seen: u64) {
+        let mut committed = self.committed.clone();
+        if committed.wait_for(|offset| *offset > seen).await.is_err() {
+            // The writer is gone: nothing more will be committed here.
+            std::future::pending::<()>().await;
         }
     }
 

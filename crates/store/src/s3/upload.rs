@@ -441,6 +441,12 @@ impl Upload for S3Upload {
         Ok(self.record.committed)
     }
 
+    /// Parts are committed as the stream writes them: the stream sees the
+    /// offset move at its next chunk.
+    async fn committed_past(&self, _seen: u64) {
+        std::future::pending::<()>().await;
+    }
+
     async fn preempted(&self) {
         let mut takeover = self.takeover.clone();
         while *takeover.borrow_and_update() == self.generation {
