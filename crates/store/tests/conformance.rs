@@ -349,6 +349,24 @@ async fn create_only(fixture: &Fixture) {
     let loser = if a.is_ok() { b } else { a };
     expect_err!(loser, Error::AlreadyExists { .. }, "the other racing create-only upload");
 
+    // A create-only file of several parts, under a name that needs escaping
+    // in a URL: on S3 the parts are assembled by a conditional completion
+    // (If-None-Match, a request ferry signs itself), which must reach the key.
+    let big = data(2 * PART_SIZE + 10, 11);
+    let name = "c/new big+file ~é%.bin";
+    let mut upload = store.create_upload(&path(name), create_only()).await.unwrap();
+    write_all(&mut upload, &big).await.unwrap();
+    upload.commit(None).await.unwrap();
+    assert!(content(store.as_ref(), name).await == big, "create-only of a new multi-part file");
+    let mut again = store.create_upload(&path("c/new-big"), create_only()).await.unwrap();
+    write_all(&mut again, &big).await.unwrap();
+    put(store.as_ref(), "c/new-big", &data(10, 12)).await;
+    expect_err!(
+        again.commit(None).await,
+        Error::AlreadyExists { .. },
+        "multi-part create-only over a file that appeared"
+    );
+
     // A create-only upload of a new path works.
     let mut upload = store.create_upload(&path("c/new"), create_only()).await.unwrap();
     write_all(&mut upload, &first).await.unwrap();

@@ -33,6 +33,7 @@ use crate::{
     UploadId, UploadStatus, WriteOptions,
 };
 
+mod complete;
 mod dirs;
 mod upload;
 
@@ -96,6 +97,8 @@ struct Inner {
     read_chunk: usize,
     /// Sessions with a live stream in this process (a resume elsewhere is not seen).
     live: upload::Live,
+    /// For the one request ferry signs itself (`complete.rs`).
+    endpoint: complete::Endpoint,
 }
 
 /// What `.ferry/meta/PATH` holds.
@@ -165,6 +168,22 @@ impl S3Store {
         if let Some(region) = &config.region {
             builder = builder.with_region(region);
         }
+        let endpoint = {
+            use object_store::aws::AmazonS3ConfigKey as Setting;
+            let region = builder.get_config_value(&Setting::Region).unwrap_or_else(|| "us-east-1".into());
+            let base = builder
+                .get_config_value(&Setting::Endpoint)
+                .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+            let client = reqwest::Client::builder()
+                .timeout(config.retry_timeout.max(Duration::from_secs(30)))
+                .build()
+                .map_err(|e| backend("configuring the S3 client", &e))?;
+            complete::Endpoint {
+                bucket_url: format!("{}/{}", base.trim_end_matches('/'), config.bucket),
+                region,
+                client,
+            }
+        };
         let s3 = builder.build().map_err(|e| backend("configuring the S3 client", &e))?;
         let store = Self {
             inner: Arc::new(Inner {
@@ -173,6 +192,7 @@ impl S3Store {
                 part_size: config.part_size.max(MIN_PART_SIZE),
                 read_chunk: config.read_chunk.max(1),
                 live: upload::Live::default(),
+                endpoint,
             }),
         };
         // Fail at start-up, not on the first request, if the bucket is unreachable.

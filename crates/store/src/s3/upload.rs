@@ -366,12 +366,27 @@ impl S3Upload {
                 self.flush_part().await?;
             }
             self.drain().await?;
-            let parts = self.record.parts.iter().map(|etag| PartId { content_id: etag.clone() }).collect();
-            self.inner
-                .s3
-                .complete_multipart(&key, &self.record.multipart_id, parts)
-                .await
-                .map_err(|e| map_error(e, self.path.as_str(), "completing an upload"))?;
+            if self.record.create_only {
+                // Conditional (If-None-Match): atomic where the server honours it.
+                let completed =
+                    self.inner.complete_if_absent(&key, &self.record.multipart_id, &self.record.parts).await;
+                match completed {
+                    Ok(()) => {}
+                    Err(Error::AlreadyExists { .. }) => {
+                        // Never to be completed: drop the parts now.
+                        let _ = self.inner.s3.abort_multipart(&key, &self.record.multipart_id).await;
+                        return Err(Error::AlreadyExists { path: self.path.as_str().to_owned() });
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                let parts = self.record.parts.iter().map(|etag| PartId { content_id: etag.clone() }).collect();
+                self.inner
+                    .s3
+                    .complete_multipart(&key, &self.record.multipart_id, parts)
+                    .await
+                    .map_err(|e| map_error(e, self.path.as_str(), "completing an upload"))?;
+            }
         }
         // The ETag from a HEAD, not from the completion's answer: Ceph RGW 16
         // answers CompleteMultipartUpload with an empty ETag.
