@@ -34,6 +34,7 @@ use crate::{
 };
 
 mod complete;
+mod credentials;
 mod dirs;
 mod upload;
 
@@ -140,28 +141,7 @@ impl S3Store {
         };
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&config.bucket).with_retry(retry);
         // The environment first (from_env); then the shared files awscli uses.
-        let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
-        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
-            && let Some(text) = read_aws_file("AWS_SHARED_CREDENTIALS_FILE", "credentials")
-        {
-            let get = |key| ini_value(&text, &profile, key);
-            if let (Some(id), Some(secret)) = (get("aws_access_key_id"), get("aws_secret_access_key")) {
-                builder = builder.with_access_key_id(id).with_secret_access_key(secret);
-                if let Some(token) = get("aws_session_token") {
-                    builder = builder.with_token(token);
-                }
-            }
-        }
-        if config.region.is_none()
-            && std::env::var_os("AWS_REGION").is_none()
-            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
-            && let Some(text) = read_aws_file("AWS_CONFIG_FILE", "config")
-        {
-            let section = if profile == "default" { profile.clone() } else { format!("profile {profile}") };
-            if let Some(region) = ini_value(&text, &section, "region") {
-                builder = builder.with_region(region);
-            }
-        }
+        builder = credentials::from_shared_files(builder, config.region.is_some());
         if let Some(endpoint) = &config.endpoint {
             builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
         }
@@ -306,31 +286,6 @@ impl Inner {
         }
         Ok(Sha256(hasher.finalize().into()))
     }
-}
-
-/// An AWS shared file: `$VAR`, else `~/.aws/NAME`.
-fn read_aws_file(var: &str, name: &str) -> Option<String> {
-    let path = match std::env::var_os(var) {
-        Some(path) => std::path::PathBuf::from(path),
-        None => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".aws").join(name),
-    };
-    std::fs::read_to_string(path).ok()
-}
-
-/// `key` in `[section]` of an INI text (the AWS shared files' format).
-fn ini_value(text: &str, section: &str, key: &str) -> Option<String> {
-    let mut current = None;
-    for line in text.lines().map(str::trim) {
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            current = Some(name.trim());
-        } else if current == Some(section)
-            && let Some((k, v)) = line.split_once('=')
-            && k.trim() == key
-        {
-            return Some(v.trim().to_owned());
-        }
-    }
-    None
 }
 
 /// A failure the client cannot fix: logged in full, UNAVAILABLE on the wire.
@@ -587,16 +542,6 @@ fn rechunk(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shared_files_are_read_by_profile() {
-        let text = "[default]\naws_access_key_id = AK1\naws_secret_access_key=SK1\n\n[ci]\naws_access_key_id=AK2\n";
-        assert_eq!(ini_value(text, "default", "aws_access_key_id").as_deref(), Some("AK1"));
-        assert_eq!(ini_value(text, "default", "aws_secret_access_key").as_deref(), Some("SK1"));
-        assert_eq!(ini_value(text, "ci", "aws_access_key_id").as_deref(), Some("AK2"));
-        assert_eq!(ini_value(text, "ci", "aws_secret_access_key"), None);
-        assert_eq!(ini_value("[profile x]\nregion = eu-west-1\n", "profile x", "region").as_deref(), Some("eu-west-1"));
-    }
 
     #[test]
     fn mtimes_before_the_epoch_survive() {
