@@ -19,6 +19,12 @@
 //! **Where moto is.** `$FERRY_MOTO_SERVER`, else `target/py-test-env/bin/moto_server`
 //! (the virtualenv `scripts/test.sh` builds). If there is none, the S3 tests
 //! print SKIPPED and pass, unless `FERRY_REQUIRE_S3=1` (as in CI): then they fail.
+//!
+//! **Another S3 server.** With `FERRY_TEST_S3_ENDPOINT` set (and `AWS_*`
+//! credentials that may create buckets), the rules run against that server
+//! instead of moto: Ceph RGW, say (`eval "$(scripts/ceph-rgw.sh start)"`).
+//! The fixture's own requests are then signed (SigV4, with object_store's
+//! signer), as a real server demands.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -56,7 +62,7 @@ impl S3Fixture {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let bucket = format!("ferry-{}-{nanos}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let (status, body) = http(&authority, "PUT", &format!("/{bucket}"));
-        assert!(status == 200, "creating bucket {bucket} on moto: HTTP {status}: {body}");
+        assert!(status == 200, "creating bucket {bucket}: HTTP {status}: {body}");
         Self { authority, bucket }
     }
 
@@ -144,17 +150,37 @@ fn elements<'a>(xml: &'a str, name: &str) -> Vec<&'a str> {
     found
 }
 
-/// One unsigned HTTP/1.1 request without a body (moto accepts them):
-/// status and body.
+/// One HTTP/1.1 request without a body: status and body.
 fn http(authority: &str, method: &str, target: &str) -> (u16, String) {
     request(authority, method, target, &[])
 }
 
+/// The SigV4 headers for a request, with the credentials in the environment
+/// (moto ignores them; a real server checks them).
+fn signature(authority: &str, method: &str, target: &str, body: &[u8]) -> String {
+    use object_store::aws::{AwsAuthorizer, AwsCredential};
+    let var = |name| std::env::var(name).unwrap_or_default();
+    let credential = AwsCredential {
+        key_id: var("AWS_ACCESS_KEY_ID"),
+        secret_key: var("AWS_SECRET_ACCESS_KEY"),
+        token: std::env::var("AWS_SESSION_TOKEN").ok(),
+    };
+    let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
+    let mut signed = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{authority}{target}"))
+        .body(object_store::client::HttpRequestBody::from(body.to_vec()))
+        .expect("a request to sign");
+    AwsAuthorizer::new(&credential, "s3", &region).try_authorize(&mut signed, None).expect("signing a request");
+    signed.headers().iter().map(|(name, value)| format!("{name}: {}\r\n", value.to_str().unwrap_or_default())).collect()
+}
+
 fn request(authority: &str, method: &str, target: &str, body: &[u8]) -> (u16, String) {
-    let mut stream = TcpStream::connect(authority).unwrap_or_else(|e| panic!("connecting to moto at {authority}: {e}"));
+    let mut stream = TcpStream::connect(authority).unwrap_or_else(|e| panic!("connecting to S3 at {authority}: {e}"));
     stream.set_read_timeout(Some(Duration::from_secs(30))).expect("setting a read timeout");
     let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {target} HTTP/1.1\r\nHost: {authority}\r\n{}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        signature(authority, method, target, body),
         body.len()
     );
     stream.write_all(head.as_bytes()).expect("sending a request to moto");
@@ -207,8 +233,9 @@ pub fn plan(name: &str) -> Plan {
     if let Ok(endpoint) = std::env::var(ENDPOINT_VAR) {
         return Plan::Run(endpoint);
     }
-    let endpoint = match moto() {
-        Ok(moto) => moto.endpoint.clone(),
+    let external = std::env::var("FERRY_TEST_S3_ENDPOINT").ok();
+    let endpoint = match external.clone().map(Ok).unwrap_or_else(|| moto().map(|moto| moto.endpoint.clone())) {
+        Ok(endpoint) => endpoint,
         Err(why) if std::env::var("FERRY_REQUIRE_S3").is_ok_and(|v| v == "1") => {
             panic!("FERRY_REQUIRE_S3=1 but the S3 tests cannot run: {why}")
         }
@@ -220,13 +247,17 @@ pub fn plan(name: &str) -> Plan {
     };
     let exe = std::env::current_exe().expect("finding the test binary");
     let (stdout, stderr) = (tempfile::tempfile().expect("a temporary file"), tempfile::tempfile().expect("a file"));
-    let mut child = Command::new(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(ENDPOINT_VAR, &endpoint)
-        .env("AWS_ACCESS_KEY_ID", "conformance")
-        .env("AWS_SECRET_ACCESS_KEY", "conformance")
-        .env("AWS_REGION", "us-east-1")
-        .env_remove("AWS_SESSION_TOKEN")
+    let mut command = Command::new(exe);
+    command.args([name, "--exact", "--nocapture", "--test-threads=1"]).env(ENDPOINT_VAR, &endpoint);
+    if external.is_none() {
+        // moto takes any credentials; keep the caller's out of it.
+        command
+            .env("AWS_ACCESS_KEY_ID", "conformance")
+            .env("AWS_SECRET_ACCESS_KEY", "conformance")
+            .env("AWS_REGION", "us-east-1")
+            .env_remove("AWS_SESSION_TOKEN");
+    }
+    let mut child = command
         .env_remove("AWS_ENDPOINT")
         .env_remove("AWS_ENDPOINT_URL")
         .env_remove("AWS_DEFAULT_REGION")
@@ -253,7 +284,7 @@ pub fn plan(name: &str) -> Plan {
     let (stdout, stderr) = (read_back(stdout), read_back(stderr));
     println!("--- child process ({name}) stdout:\n{stdout}--- stderr:\n{stderr}---");
     let status = status.unwrap_or_else(|| panic!("{name}: the child process hung; killed it; its output is above"));
-    assert!(status.success(), "{name} failed against moto ({status}); its output is above");
+    assert!(status.success(), "{name} failed against {endpoint} ({status}); its output is above");
     assert!(stdout.contains("1 passed"), "{name}: the child process did not run exactly this test");
     Plan::Done
 }
