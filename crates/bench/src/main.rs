@@ -70,6 +70,10 @@ struct Args {
     /// Server chunk size (`ferry serve --chunk-size`: download payload bytes per message).
     #[arg(long, default_value_t = ferry_client::DEFAULT_CHUNK_SIZE, value_parser = units::parse_chunk_size)]
     server_chunk_size: usize,
+    /// Both sides let HTTP/2 size its windows from the measured
+    /// bandwidth-delay product (adaptive window) instead of the fixed ones.
+    #[arg(long)]
+    adaptive_window: bool,
     /// Also give the results as JSON: one line on stdout, or with PATH a
     /// file (for --scaling, the input of scripts/plot-scaling.py).
     #[arg(long, value_name = "PATH", num_args = 0..=1)]
@@ -227,8 +231,19 @@ async fn run(args: Args) -> Result<()> {
 
     let (ferry_path, root, log, chunk) =
         (ferry.clone(), work.join("root"), work.join("server.log"), args.server_chunk_size);
-    let server = blocking(move || Server::start(&ferry_path, &root, chunk, &log)).await?;
-    let options = ClientOptions { chunk_size: args.chunk_size, ..ClientOptions::default() };
+    let config = work.join("server.toml");
+    std::fs::write(&config, format!("[http2]\nadaptive_window = {}\n", args.adaptive_window))
+        .context("cannot write the server's config")?;
+    let server = blocking(move || {
+        let storage = ["--root".as_ref(), root.as_os_str(), "--config".as_ref(), config.as_os_str()];
+        Server::start_with(&ferry_path, &storage, chunk, &log)
+    })
+    .await?;
+    let options = ClientOptions {
+        chunk_size: args.chunk_size,
+        http2_adaptive_window: args.adaptive_window,
+        ..ClientOptions::default()
+    };
     let client = Client::connect_with(&server.url(), options).await.context("cannot connect to ferry serve")?;
 
     let bench = Bench {

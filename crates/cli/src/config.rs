@@ -70,6 +70,7 @@ struct Http2Section {
     max_frame_size: Option<Size>,
     stream_window: Option<Size>,
     connection_window: Option<Size>,
+    adaptive_window: Option<bool>,
     max_message_size: Option<Size>,
     max_concurrent_streams: Option<u32>,
     max_local_reset_streams: Option<usize>,
@@ -303,6 +304,7 @@ pub fn resolve(args: ServeArgs, file: ConfigFile) -> anyhow::Result<ServeSetting
         http2_max_frame_size: frame,
         http2_stream_window: stream_window,
         http2_connection_window: connection_window,
+        http2_adaptive_window: http2.adaptive_window.unwrap_or(defaults.http2_adaptive_window),
         max_message_size,
         tls,
         auth,
@@ -441,6 +443,7 @@ mod tests {
         assert_eq!(server.http2_max_frame_size, defaults.http2_max_frame_size);
         assert_eq!(server.http2_stream_window, defaults.http2_stream_window);
         assert_eq!(server.http2_connection_window, defaults.http2_connection_window);
+        assert_eq!(server.http2_adaptive_window, defaults.http2_adaptive_window);
         assert_eq!(server.max_concurrent_streams, defaults.max_concurrent_streams);
         assert_eq!(server.max_local_error_reset_streams, defaults.max_local_error_reset_streams);
         assert_eq!(server.max_header_list_size, defaults.max_header_list_size);

@@ -61,6 +61,9 @@ pub struct ClientOptions {
     /// (servers answer compressed only with zstd). Off by default: file
     /// data is often incompressible (docs/performance.md).
     pub compression: Option<Compression>,
+    /// Let HTTP/2 size the windows from the measured bandwidth-delay product
+    /// instead of the fixed ones (see the server's option of the same name).
+    pub http2_adaptive_window: bool,
 }
 
 impl Default for ClientOptions {
@@ -71,6 +74,7 @@ impl Default for ClientOptions {
             tls: TlsSettings::default(),
             token: None,
             compression: None,
+            http2_adaptive_window: false,
         }
     }
 }
@@ -171,7 +175,8 @@ impl Client {
             .keep_alive_timeout(Duration::from_secs(20))
             .initial_stream_window_size(ferry_proto::HTTP2_STREAM_WINDOW)
             .initial_connection_window_size(ferry_proto::HTTP2_CONNECTION_WINDOW)
-            .max_frame_size(ferry_proto::HTTP2_MAX_FRAME_SIZE);
+            .max_frame_size(ferry_proto::HTTP2_MAX_FRAME_SIZE)
+            .http2_adaptive_window(options.http2_adaptive_window);
         let endpoint = match tls {
             true => endpoint.tls_config(tls_config(&options.tls)).map_err(|e| Error::connect(url, &e))?,
             false if options.tls.ca_pem.is_some() || options.tls.identity.is_some() => {

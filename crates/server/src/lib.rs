@@ -139,6 +139,7 @@ pub async fn serve(
         .max_frame_size(options.http2_max_frame_size)
         .initial_stream_window_size(options.http2_stream_window)
         .initial_connection_window_size(options.http2_connection_window)
+        .http2_adaptive_window(Some(options.http2_adaptive_window))
         .max_concurrent_streams(options.max_concurrent_streams)
         .http2_keepalive_interval(Some(options.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(options.http2_keepalive_timeout))
