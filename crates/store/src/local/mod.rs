@@ -28,6 +28,7 @@ mod read;
 mod resolve;
 mod session;
 mod upload;
+mod writer;
 
 pub use upload::SYNC_INTERVAL;
 

@@ -10,7 +10,8 @@
 //! Every [`SYNC_INTERVAL`] bytes a checkpoint follows the data through the
 //! same queue. The writer then fdatasyncs the file and, for a resumable
 //! upload, journals the offset and the hash state at exactly that offset
-//! (`session.rs`), on another thread so that writing goes on meanwhile. The
+//! (`session.rs`), on another thread so that writing goes on meanwhile (the
+//! writer task is `writer.rs`). The
 //! committed offset advances when that is done.
 //!
 //! Commit: check size and digests → set permissions, mtime and the digest
@@ -27,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom};
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,11 +37,12 @@ use bytes::Bytes;
 use rustix::fs::{self, Mode, Timespec, Timestamps};
 use rustix::io::Errno;
 use sha2::Digest as _;
-use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, mpsc, oneshot, watch};
+use tokio::sync::{OwnedMutexGuard, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::resolve::{self, Purpose};
 use super::session::{Journal, SessionDir, encode_state};
+use super::writer::{Finished, Item, Writer};
 use super::{Inner, blocking, digest_cache};
 use crate::{
     EntryKind, Error, Metadata, Result, Sha256, StorePath, Upload, UploadId, UploadStatus, WriteMode, WriteOptions,
@@ -122,15 +124,6 @@ impl Sessions {
     }
 }
 
-/// What travels from the upload to its writer task, in order.
-enum Item {
-    /// With its share of [`WRITE_BUDGET`], given back once written.
-    Data(Bytes, OwnedSemaphorePermit),
-    /// Make `offset` bytes durable (and journal `hash_state` with them). With
-    /// a reply, the caller waits; without, it happens in the background.
-    Checkpoint { offset: u64, hash_state: String, reply: Option<oneshot::Sender<Result<()>>> },
-}
-
 pub(super) struct LocalUpload {
     inner: Arc<Inner>,
     id: UploadId,
@@ -161,13 +154,6 @@ impl std::fmt::Debug for LocalUpload {
             .field("received", &self.received)
             .finish_non_exhaustive()
     }
-}
-
-/// What the writer task hands back: the file, and the session's claim, so
-/// that a commit keeps the session until it is done with it.
-struct Finished {
-    file: File,
-    claim: Option<OwnedMutexGuard<()>>,
 }
 
 /// Removes a non-resumable upload's session when the upload goes away.
@@ -337,133 +323,6 @@ pub(super) fn check_target(inner: &Inner, path: &StorePath, mode: WriteMode) -> 
             EntryKind::File => Ok(()),
         },
     }
-}
-
-/// What the writer task waits for next.
-enum Next {
-    Item(Option<Item>),
-    Synced(std::result::Result<Result<()>, tokio::task::JoinError>),
-}
-
-/// The writer task's state (the file itself moves in and out of blocking calls).
-struct Writer {
-    session: SessionDir,
-    /// Resumable uploads: the journal to update at each checkpoint.
-    journal: Option<Journal>,
-    committed: Arc<watch::Sender<u64>>,
-    /// The session is ours while this is held: until the task ends, or until
-    /// the commit that takes it over from the task is done.
-    claim: Option<OwnedMutexGuard<()>>,
-}
-
-impl Writer {
-    /// Writes each item in order until the queue closes; returns the file.
-    async fn run(mut self, mut items: mpsc::Receiver<Item>, mut file: File) -> Result<Finished> {
-        let mut in_flight: Option<JoinHandle<Result<()>>> = None;
-        // A background checkpoint that came while another was syncing: it
-        // starts as soon as that one is done (the newest replaces an older
-        // one), so the committed offset keeps advancing on a slow disk.
-        let mut deferred: Option<(u64, String)> = None;
-        loop {
-            let next = match (&mut in_flight, deferred.is_some()) {
-                (Some(sync), true) => tokio::select! {
-                    biased;
-                    item = items.recv() => Next::Item(item),
-                    synced = sync => Next::Synced(synced),
-                },
-                _ => Next::Item(items.recv().await),
-            };
-            let item = match next {
-                Next::Synced(synced) => {
-                    in_flight = None;
-                    synced.map_err(|e| Error::io("syncing an upload", std::io::Error::other(e)))??;
-                    if let Some((offset, hash_state)) = deferred.take() {
-                        in_flight = Some(self.checkpoint(&file, offset, hash_state)?);
-                    }
-                    continue;
-                }
-                Next::Item(None) => break,
-                Next::Item(Some(item)) => item,
-            };
-            match item {
-                Item::Data(data, budget) => {
-                    file = blocking(move || {
-                        file.write_all(&data).map_err(|e| Error::io("writing an upload", e))?;
-                        drop(budget);
-                        Ok(file)
-                    })
-                    .await?;
-                }
-                Item::Checkpoint { offset, hash_state, reply: None }
-                    if in_flight.as_ref().is_some_and(|t| !t.is_finished()) =>
-                {
-                    deferred = Some((offset, hash_state));
-                }
-                Item::Checkpoint { offset, hash_state, reply } => {
-                    if let Some(previous) = in_flight.take() {
-                        join(previous).await?;
-                    }
-                    // This one is newer than any deferred one.
-                    deferred = None;
-                    let sync = self.checkpoint(&file, offset, hash_state)?;
-                    match reply {
-                        None => in_flight = Some(sync),
-                        Some(reply) => {
-                            let result = join(sync).await;
-                            let failed = result.is_err();
-                            let _ = reply.send(result);
-                            if failed {
-                                return Err(Error::io("syncing an upload", std::io::Error::other("sync failed")));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(previous) = in_flight {
-            join(previous).await?;
-        }
-        if let Some((offset, hash_state)) = deferred {
-            join(self.checkpoint(&file, offset, hash_state)?).await?;
-        }
-        Ok(Finished { file, claim: self.claim.take() })
-    }
-
-    /// Starts making `offset` bytes durable: fdatasync, then the journal.
-    fn checkpoint(&mut self, file: &File, offset: u64, hash_state: String) -> Result<JoinHandle<Result<()>>> {
-        let handle = file.try_clone().map_err(|e| Error::io("syncing an upload", e))?;
-        let session = self.session.clone();
-        let journal = self.journal.as_mut().map(|journal| {
-            journal.seq += 1;
-            journal.committed = offset;
-            journal.hash_state = hash_state;
-            journal.clone()
-        });
-        let committed = self.committed.clone();
-        Ok(tokio::task::spawn_blocking(move || {
-            crash::point("checkpoint.before-data-sync");
-            handle.sync_data().map_err(|e| Error::io("syncing an upload", e))?;
-            crash::point("checkpoint.after-data-sync");
-            if let Some(journal) = journal {
-                session.write_journal(&journal)?;
-                crash::point("checkpoint.after-journal");
-            }
-            committed.send_if_modified(|current| {
-                let advanced = offset > *current;
-                if advanced {
-                    *current = offset;
-                }
-                advanced
-            });
-            Ok(())
-        }))
-    }
-}
-
-/// A failed sync fails the upload: after a failed fsync, Linux may have
-/// dropped the dirty pages, so the data can no longer be trusted.
-async fn join(sync: JoinHandle<Result<()>>) -> Result<()> {
-    sync.await.map_err(|e| Error::io("syncing an upload", std::io::Error::other(e)))?
 }
 
 #[async_trait::async_trait]
