@@ -119,17 +119,29 @@ impl Client {
         let (file, temp_path) = temp.into_parts();
         let (info, file) = self.download(remote, range, file, progress).await?;
 
-        let (local, meta) = (local.to_owned(), info.clone());
-        tokio::task::spawn_blocking(move || {
-            finish_local(file, &temp_path, &local, &meta, overwrite)?;
-            // Moved to its name: nothing left for the guard to remove.
-            let _ = temp_path.keep();
-            Ok::<_, Error>(())
-        })
-        .await
-        .map_err(|e| Error::Protocol(format!("write task failed: {e}")))??;
+        publish_temp(file, temp_path, local, &info, overwrite).await?;
         Ok(info)
     }
+}
+
+/// [`finish_local`] for a verified temporary file, on the blocking pool; the
+/// guard is released once the file has its name.
+pub(crate) async fn publish_temp(
+    file: std::fs::File,
+    temp_path: tempfile::TempPath,
+    local: &Path,
+    meta: &RemoteFile,
+    overwrite: bool,
+) -> Result<()> {
+    let (local, meta) = (local.to_owned(), meta.clone());
+    tokio::task::spawn_blocking(move || {
+        finish_local(file, &temp_path, &local, &meta, overwrite)?;
+        // Moved to its name: nothing left for the guard to remove.
+        let _ = temp_path.keep();
+        Ok::<_, Error>(())
+    })
+    .await
+    .map_err(|e| Error::Protocol(format!("write task failed: {e}")))?
 }
 
 impl Client {
@@ -239,6 +251,19 @@ pub(crate) fn finish_local(
     overwrite: bool,
 ) -> Result<()> {
     let context = || format!("cannot finish writing {}", local.display());
+    apply_metadata(&file, meta, local)?;
+    file.sync_all().map_err(|e| Error::io(context(), e))?;
+    crate::files::place(part, local, overwrite)?;
+    if let Ok(dir) = std::fs::File::open(target_parts(local).0) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Gives a downloaded file the server's mtime and permission bits (the
+/// owner may always read and write it).
+pub(crate) fn apply_metadata(file: &std::fs::File, meta: &RemoteFile, local: &Path) -> Result<()> {
+    let context = || format!("cannot finish writing {}", local.display());
     if let Some(mtime) = meta.mtime {
         file.set_modified(mtime).map_err(|e| Error::io(context(), e))?;
     }
@@ -247,20 +272,6 @@ pub(crate) fn finish_local(
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::Permissions::from_mode(meta.permissions & 0o777 | 0o600);
         file.set_permissions(mode).map_err(|e| Error::io(context(), e))?;
-    }
-    file.sync_all().map_err(|e| Error::io(context(), e))?;
-    if overwrite {
-        std::fs::rename(part, local).map_err(|e| Error::io(context(), e))?;
-    } else {
-        // A hard link fails if the name exists: an atomic no-clobber rename.
-        std::fs::hard_link(part, local).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => Error::LocalExists(local.to_owned()),
-            _ => Error::io(context(), e),
-        })?;
-        std::fs::remove_file(part).map_err(|e| Error::io(context(), e))?;
-    }
-    if let Ok(dir) = std::fs::File::open(target_parts(local).0) {
-        let _ = dir.sync_all();
     }
     Ok(())
 }

@@ -398,15 +398,7 @@ fn finish_receiving(receiving: Receiving, target: &Path) -> Result<Written> {
     }
     crate::download::verify(&info.path, &info, hasher)?;
     let (file, temp) = temp.into_parts();
-    let context = || format!("cannot finish writing {}", target.display());
-    if let Some(mtime) = info.mtime {
-        file.set_modified(mtime).map_err(|e| Error::io(context(), e))?;
-    }
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::Permissions::from_mode(info.permissions & 0o777 | 0o600);
-        file.set_permissions(mode).map_err(|e| Error::io(context(), e))?;
-    }
+    crate::download::apply_metadata(&file, &info, target)?;
     Ok(Written { index, file, temp, target: target.to_owned(), info })
 }
 
@@ -454,7 +446,7 @@ fn commit_local(batch: Vec<Written>, overwrite: bool, results: &mut [Option<Resu
 /// Moves a finished file to its name; without `overwrite`, atomically refuses
 /// to replace anything (`RENAME_NOREPLACE`: one call, where a hard link and
 /// an unlink would be two).
-fn place(temp: &Path, target: &Path, overwrite: bool) -> Result<()> {
+pub(crate) fn place(temp: &Path, target: &Path, overwrite: bool) -> Result<()> {
     let context = || format!("cannot finish writing {}", target.display());
     let flags = match overwrite {
         true => rustix::fs::RenameFlags::empty(),

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use sha2::Digest as _;
 use tokio::sync::{Notify, mpsc};
 
-use crate::download::finish_local;
+use crate::download::publish_temp;
 use crate::resume::{backoff, is_transient};
 use crate::{Client, Error, Range, RemoteFile, Result, RetryPolicy};
 
@@ -149,15 +149,7 @@ pub async fn download_parallel(
         return Err(Error::DigestMismatch { path: remote.to_owned(), expected, actual });
     }
     let (file, temp_path) = temp.into_parts();
-    let (local, meta) = (local.to_owned(), info.clone());
-    tokio::task::spawn_blocking(move || {
-        finish_local(file, &temp_path, &local, &meta, overwrite)?;
-        // Moved to its name: nothing left for the guard to remove.
-        let _ = temp_path.keep();
-        Ok::<_, Error>(())
-    })
-    .await
-    .map_err(|e| Error::Protocol(format!("write task failed: {e}")))??;
+    publish_temp(file, temp_path, local, &info, overwrite).await?;
     Ok(info)
 }
 
