@@ -52,6 +52,36 @@ pub enum Error {
     /// Another stream resumed (or aborted) this upload.
     #[error("upload {id} was taken over by another stream")]
     Preempted { id: String },
+    /// The backend cannot do this (an object store cannot stage ranges).
+    #[error("this server's storage does not support {what}")]
+    Unsupported { what: &'static str },
+    /// A ranged upload needs its size declared up front.
+    #[error("a ranged upload needs the file's size declared")]
+    RangedNeedsSize,
+    /// A sequential write or resume to a ranged session.
+    #[error("upload {id} is ranged: send it in ranges (start.length) and complete it with CommitUpload")]
+    RangedUpload { id: String },
+    /// A range write or ranged commit to an ordinary session.
+    #[error("upload {id} is not ranged: continue it at its committed offset")]
+    NotRangedUpload { id: String },
+    #[error("range of {length} bytes at offset {offset} lies outside the file ({size} bytes)")]
+    RangeOutsideFile { offset: u64, length: u64, size: u64 },
+    /// The range overlaps one already committed, or one another stream is
+    /// writing.
+    #[error(
+        "range of {length} bytes at offset {offset} of upload {id} overlaps a committed range or one being written"
+    )]
+    RangeConflict { id: String, offset: u64, length: u64 },
+    /// Committing the range would leave more separate ranges than a session
+    /// tracks.
+    #[error("upload {id} would have more than {max} separate committed ranges; send ranges next to committed ones")]
+    TooManyRanges { id: String, max: usize },
+    /// A ranged commit before every byte is committed.
+    #[error("upload {id} is missing {missing} bytes (the first gap starts at offset {first_gap})")]
+    RangesMissing { id: String, missing: u64, first_gap: u64 },
+    /// A ranged commit while range streams are still writing.
+    #[error("upload {id} still has ranges being written (or is being committed)")]
+    RangesInFlight { id: String },
     /// Anything unexpected. `op` says what was being done; the source holds the
     /// OS error. Never sent to clients.
     #[error("storage I/O error while {op}: {source}")]

@@ -149,6 +149,10 @@ pub struct UploadStatus {
     pub committed: u64,
     /// The declared size, if any.
     pub size: Option<u64>,
+    /// Ranged sessions ([`Store::create_ranged_upload`]): the durable
+    /// ranges, sorted, merged and disjoint. `committed` is then the end of
+    /// the one starting at 0 (0 if none does). `None` for ordinary sessions.
+    pub ranges: Option<Vec<std::ops::Range<u64>>>,
 }
 
 /// Everything an upload declares up front.
@@ -267,6 +271,37 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// [`Error::AlreadyExists`] (or [`Error::ParentNotDirectory`] for a parent).
     async fn create_dir(&self, path: &StorePath) -> Result<Metadata>;
 
+    /// Starts a *ranged* upload session to `path`: the file (whose size
+    /// `options` must declare) arrives as byte ranges, written by
+    /// [`Store::write_range`] in any order and by any number of writers at
+    /// once, and is published by [`Store::commit_ranged`]. Resumable by
+    /// nature: the session and its committed ranges survive restarts. The
+    /// same conflicts as [`Store::create_upload`] fail here. Backends that
+    /// cannot stage ranges answer [`Error::Unsupported`].
+    async fn create_ranged_upload(&self, path: &StorePath, options: WriteOptions) -> Result<UploadId> {
+        let _ = (path, options);
+        Err(Error::Unsupported { what: "ranged uploads" })
+    }
+
+    /// Starts writing `length` bytes at `offset` of a ranged session. The
+    /// range must lie inside the file and overlap neither a committed range
+    /// nor one being written ([`Error::RangeConflict`]).
+    async fn write_range(&self, id: &UploadId, offset: u64, length: u64) -> Result<Box<dyn RangeWrite>> {
+        let _ = (id, offset, length);
+        Err(Error::Unsupported { what: "ranged uploads" })
+    }
+
+    /// Publishes a ranged upload once its committed ranges cover the whole
+    /// file ([`Error::RangesMissing`] otherwise, and the session stays):
+    /// reads the data back to verify its SHA-256 (against the declared
+    /// digest and `final_sha256`), then publishes atomically, as
+    /// [`Upload::commit`] does. [`Error::RangesInFlight`] while a range is
+    /// still being written.
+    async fn commit_ranged(&self, id: &UploadId, final_sha256: Option<Sha256>) -> Result<Metadata> {
+        let _ = (id, final_sha256);
+        Err(Error::Unsupported { what: "ranged uploads" })
+    }
+
     /// Bytes free for new files, if the backend has such a limit (a local
     /// filesystem does; an object store does not). Used to refuse uploads
     /// that cannot fit before they start.
@@ -325,6 +360,25 @@ pub trait Upload: Debug + Send {
     /// `final_sha256`, which a client may learn only after sending), makes the
     /// data durable and publishes it atomically at the upload's path.
     async fn commit(self: Box<Self>, final_sha256: Option<Sha256>) -> Result<Metadata>;
+}
+
+/// One range of a ranged upload, being written by one stream. Dropping it
+/// unfinished commits nothing of the range (it may be written again).
+#[async_trait::async_trait]
+pub trait RangeWrite: Debug + Send {
+    /// Writes the range's next bytes. Waits while the backend is busy.
+    async fn write(&mut self, data: Bytes) -> Result<()>;
+
+    /// Bytes of the range written so far.
+    fn received(&self) -> u64;
+
+    /// Completes when the session is taken from this writer (aborted).
+    async fn preempted(&self);
+
+    /// Makes the whole range durable and records it as committed
+    /// ([`Error::SizeMismatch`] if fewer bytes than its length arrived);
+    /// returns the session's status after it.
+    async fn finish(self: Box<Self>) -> Result<UploadStatus>;
 }
 
 #[cfg(test)]

@@ -17,13 +17,15 @@ use rustix::fs::{self, AtFlags, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::{
-    BoxStream, ByteRange, Download, EntryKind, Error, Metadata, NewFile, Result, Store, StorePath, Upload, UploadId,
-    UploadStatus, WriteOptions,
+    BoxStream, ByteRange, Download, EntryKind, Error, Metadata, NewFile, RangeWrite, Result, Sha256, Store, StorePath,
+    Upload, UploadId, UploadStatus, WriteOptions,
 };
 
 mod batch;
+mod claims;
 mod digest_cache;
 mod list;
+mod ranged;
 mod read;
 mod resolve;
 mod session;
@@ -60,7 +62,7 @@ pub struct LocalStore {
 struct Inner {
     root: OwnedFd,
     uploads_dir: PathBuf,
-    sessions: upload::Sessions,
+    sessions: claims::Sessions,
     /// Shared by all uploads: bytes they may have queued for the disk.
     write_budget: Arc<tokio::sync::Semaphore>,
     read_chunk: usize,
@@ -113,7 +115,7 @@ impl LocalStore {
         let inner = Inner {
             root: root_fd,
             uploads_dir,
-            sessions: upload::Sessions::default(),
+            sessions: claims::Sessions::default(),
             write_budget: Arc::new(tokio::sync::Semaphore::new(upload::WRITE_BUDGET)),
             read_chunk: options.read_chunk.max(1),
             _lock: lock,
@@ -160,6 +162,18 @@ impl Store for LocalStore {
 
     async fn resume_upload(&self, id: &UploadId, offset: u64) -> Result<Box<dyn Upload>> {
         Ok(Box::new(upload::LocalUpload::resume(self.inner.clone(), id.clone(), offset).await?))
+    }
+
+    async fn create_ranged_upload(&self, path: &StorePath, options: WriteOptions) -> Result<UploadId> {
+        ranged::create(self.inner.clone(), path.clone(), options).await
+    }
+
+    async fn write_range(&self, id: &UploadId, offset: u64, length: u64) -> Result<Box<dyn RangeWrite>> {
+        ranged::write_range(self.inner.clone(), id.clone(), offset, length).await
+    }
+
+    async fn commit_ranged(&self, id: &UploadId, final_sha256: Option<Sha256>) -> Result<Metadata> {
+        ranged::commit(self.inner.clone(), id.clone(), final_sha256).await
     }
 
     async fn upload_status(&self, id: &UploadId) -> Result<UploadStatus> {

@@ -47,8 +47,15 @@ pub(super) struct Journal {
     pub permissions: Option<u32>,
     /// Durable bytes of `data`.
     pub committed: u64,
-    /// Hex of the serialised SHA-256 state after `committed` bytes.
+    /// Hex of the serialised SHA-256 state after `committed` bytes (unused
+    /// by ranged sessions, which hash at commit).
     pub hash_state: String,
+    /// Ranged sessions only: the durable ranges as `(start, end)`, sorted,
+    /// merged and disjoint; `committed` is then the end of the one starting
+    /// at 0. Absent from ordinary sessions' records (and from journals
+    /// written before ranged sessions existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<Vec<(u64, u64)>>,
 }
 
 impl Journal {
@@ -64,6 +71,7 @@ impl Journal {
             permissions: options.permissions,
             committed: 0,
             hash_state: encode_state(&sha2::Sha256::default()),
+            ranges: None,
         }
     }
 
@@ -241,8 +249,10 @@ pub(super) fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Start-up recovery: every session without a journal (an upload that was
 /// not resumable, or crashed while being created) or without data (crashed
-/// after publishing) is removed; every other one is truncated to its
-/// journaled offset. Returns (kept, removed).
+/// after publishing) is removed; every other ordinary one is truncated to
+/// its journaled offset. Ranged sessions are kept as they are: bytes
+/// outside their committed ranges are simply not counted (and are written
+/// again). Returns (kept, removed).
 pub(super) fn recover(uploads: &Path) -> Result<(usize, usize)> {
     let io = |e| Error::io("recovering upload sessions", e);
     let (mut kept, mut removed) = (0, 0);
@@ -258,6 +268,7 @@ pub(super) fn recover(uploads: &Path) -> Result<(usize, usize)> {
         };
         let data_len = std::fs::metadata(session.data()).map(|m| m.len()).ok();
         match (journal, data_len) {
+            (Some(journal), Some(_)) if journal.ranges.is_some() => kept += 1,
             (Some(journal), Some(len)) if len >= journal.committed => {
                 if len > journal.committed {
                     let data = std::fs::OpenOptions::new().write(true).open(session.data()).map_err(io)?;

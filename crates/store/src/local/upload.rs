@@ -22,24 +22,24 @@
 //!
 //! An upload that is dropped unfinished is discarded, unless it is
 //! resumable: then its session stays on disk at its committed offset.
-//! A resumable session is *claimed* by the one stream writing to it; a resume
-//! (or abort) takes the claim over, and the older stream's next call fails
-//! with [`Error::Preempted`].
+//! A resumable session is *claimed* by the one stream writing to it
+//! (`claims.rs`). Ranged sessions, written by many streams at once, are
+//! `ranged.rs`.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::fd::AsFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rustix::fs::{self, Mode, Timespec, Timestamps};
 use rustix::io::Errno;
 use sha2::Digest as _;
-use tokio::sync::{OwnedMutexGuard, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::claims::{Claim, SessionGuard};
 use super::resolve::{self, Purpose};
 use super::session::{Journal, SessionDir, encode_state};
 use super::writer::{Finished, Item, Writer};
@@ -61,68 +61,6 @@ pub(super) const WRITE_BUDGET: usize = 64 * 1024 * 1024;
 pub const SYNC_INTERVAL: u64 = 32 * 1024 * 1024;
 /// Permission bits when the client gives none.
 const DEFAULT_PERMISSIONS: u32 = 0o644;
-
-/// The resumable sessions that a stream has claimed (or is waiting to).
-#[derive(Debug, Default)]
-pub(super) struct Sessions {
-    slots: Mutex<HashMap<UploadId, Arc<Slot>>>,
-}
-
-#[derive(Debug)]
-struct Slot {
-    /// Held by the writer task of the stream that owns the session.
-    lock: Arc<tokio::sync::Mutex<()>>,
-    /// Bumped by every claim: a stream whose generation is no longer current
-    /// has been taken over.
-    takeover: watch::Sender<u64>,
-}
-
-/// A stream's claim on a resumable session.
-#[derive(Debug)]
-struct Claim {
-    generation: u64,
-    takeover: watch::Receiver<u64>,
-}
-
-impl Claim {
-    fn is_current(&self) -> bool {
-        *self.takeover.borrow() == self.generation
-    }
-}
-
-impl Sessions {
-    fn slot(&self, id: &UploadId) -> Arc<Slot> {
-        let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        slots
-            .entry(id.clone())
-            .or_insert_with(|| Arc::new(Slot { lock: Arc::default(), takeover: watch::Sender::new(0) }))
-            .clone()
-    }
-
-    /// Takes the session over: signals the current owner, then waits until it
-    /// has let go (its writer task ended).
-    async fn claim(&self, id: &UploadId) -> (OwnedMutexGuard<()>, Claim) {
-        let slot = self.slot(id);
-        let mut generation = 0;
-        slot.takeover.send_modify(|g| {
-            *g += 1;
-            generation = *g;
-        });
-        let guard = slot.lock.clone().lock_owned().await;
-        (guard, Claim { generation, takeover: slot.takeover.subscribe() })
-    }
-
-    /// The session's lock, if no stream owns the session now. A resume that
-    /// arrives meanwhile waits for it.
-    fn hold_idle(&self, id: &UploadId) -> Option<OwnedMutexGuard<()>> {
-        self.slot(id).lock.clone().try_lock_owned().ok()
-    }
-
-    fn forget(&self, id: &UploadId) {
-        let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        slots.remove(id);
-    }
-}
 
 pub(super) struct LocalUpload {
     inner: Arc<Inner>,
@@ -195,8 +133,15 @@ impl LocalUpload {
 
     /// Reopens a resumable session at its committed offset.
     pub(super) async fn resume(inner: Arc<Inner>, id: UploadId, offset: u64) -> Result<Self> {
-        let claim = inner.sessions.claim(&id).await;
         let session = SessionDir::new(&inner.uploads_dir, &id);
+        // Before claiming: a claim would preempt the range writers of a ranged session.
+        let (check, check_id) = (session.clone(), id.clone());
+        blocking(move || match check.read_journal()? {
+            Some(journal) if journal.ranges.is_some() => Err(Error::RangedUpload { id: check_id.to_string() }),
+            _ => Ok(()),
+        })
+        .await?;
+        let claim = inner.sessions.claim(&id).await;
         let (open, open_id) = (session.clone(), id.clone());
         let opened = blocking(move || {
             let not_found = || Error::UploadNotFound { id: open_id.to_string() };
@@ -242,7 +187,7 @@ impl LocalUpload {
         file: File,
         hasher: sha2::Sha256,
         committed: u64,
-        claim: Option<(OwnedMutexGuard<()>, Claim)>,
+        claim: Option<(SessionGuard, Claim)>,
         discard: Option<Discard>,
     ) -> Self {
         let (queue, items) = mpsc::channel(WRITE_QUEUE);
@@ -393,10 +338,9 @@ impl Upload for LocalUpload {
     }
 
     async fn preempted(&self) {
-        let Some(claim) = &self.claim else { return std::future::pending().await };
-        let mut takeover = claim.takeover.clone();
-        if takeover.wait_for(|generation| *generation != claim.generation).await.is_err() {
-            std::future::pending::<()>().await;
+        match &self.claim {
+            Some(claim) => claim.taken_over().await,
+            None => std::future::pending().await,
         }
     }
 
@@ -439,7 +383,7 @@ impl LocalUpload {
 }
 
 /// Makes the staged file durable and renames it into place.
-fn publish(
+pub(super) fn publish(
     inner: &Inner,
     path: StorePath,
     options: &WriteOptions,
@@ -501,7 +445,8 @@ pub(super) async fn status(inner: Arc<Inner>, id: UploadId) -> Result<UploadStat
         let session = SessionDir::new(&inner.uploads_dir, &id);
         let journal = session.read_journal()?.ok_or_else(|| Error::UploadNotFound { id: id.to_string() })?;
         let (path, options) = journal.options()?;
-        Ok(UploadStatus { id, path, committed: journal.committed, size: options.size })
+        let ranges = journal.ranges.map(|ranges| ranges.into_iter().map(|(start, end)| start..end).collect());
+        Ok(UploadStatus { id, path, committed: journal.committed, size: options.size, ranges })
     })
     .await
 }

@@ -10,10 +10,11 @@ use std::io::Write;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::blocking;
+use super::claims::SessionGuard;
 use super::session::{Journal, SessionDir};
 use crate::{Error, Result, crash};
 
@@ -30,7 +31,7 @@ pub(super) enum Item {
 /// that a commit keeps the session until it is done with it.
 pub(super) struct Finished {
     pub file: File,
-    pub claim: Option<OwnedMutexGuard<()>>,
+    pub claim: Option<SessionGuard>,
 }
 
 /// What the writer task waits for next.
@@ -47,7 +48,7 @@ pub(super) struct Writer {
     pub committed: Arc<watch::Sender<u64>>,
     /// The session is ours while this is held: until the task ends, or until
     /// the commit that takes it over from the task is done.
-    pub claim: Option<OwnedMutexGuard<()>>,
+    pub claim: Option<SessionGuard>,
 }
 
 impl Writer {

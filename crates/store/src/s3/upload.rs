@@ -125,6 +125,7 @@ pub(super) async fn status(inner: &Inner, id: &UploadId) -> Result<UploadStatus>
         path: StorePath::parse(&record.path).map_err(|_| corrupt())?,
         committed: record.committed,
         size: record.size,
+        ranges: None,
     })
 }
 
