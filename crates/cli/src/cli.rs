@@ -221,6 +221,12 @@ pub struct PutArgs {
     /// With -r: files transferred at once.
     #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: u16,
+    /// Send the file over N connections at once, in 16 MiB pieces that the
+    /// server stages and verifies as a whole (for links where one stream
+    /// cannot fill the pipe). Resumable like any upload; a server whose
+    /// storage cannot stage ranges (S3) gets one stream.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64), conflicts_with_all = ["recursive", "no_resume"])]
+    pub parallel: u16,
 }
 
 #[derive(Debug, Args)]

@@ -153,15 +153,15 @@ pub async fn download_parallel(
     Ok(info)
 }
 
-/// The pieces left, and how many are being fetched.
-struct Queue {
-    todo: VecDeque<usize>,
-    in_flight: usize,
+/// The pieces left, and how many are being fetched (or sent).
+pub(crate) struct Queue {
+    pub(crate) todo: VecDeque<usize>,
+    pub(crate) in_flight: usize,
 }
 
 /// The next piece to fetch; `None` once all are fetched (waits while the
 /// queue is empty but a piece may still come back from another connection).
-async fn next_piece(queue: &Mutex<Queue>, changed: &Notify) -> Option<usize> {
+pub(crate) async fn next_piece(queue: &Mutex<Queue>, changed: &Notify) -> Option<usize> {
     loop {
         let notified = changed.notified();
         tokio::pin!(notified);
@@ -180,7 +180,7 @@ async fn next_piece(queue: &Mutex<Queue>, changed: &Notify) -> Option<usize> {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

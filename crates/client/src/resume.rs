@@ -40,6 +40,20 @@ pub struct UploadState {
     /// Durable bytes: where the next attempt starts.
     pub committed: u64,
     pub size: Option<u64>,
+    /// Ranged sessions only: the committed ranges, sorted and disjoint.
+    pub ranges: Option<Vec<std::ops::Range<u64>>>,
+}
+
+/// What a session declares: everything but the data.
+pub(crate) fn upload_header(remote: &str, options: &UploadOptions) -> UploadHeader {
+    UploadHeader {
+        path: remote.to_owned(),
+        size: options.size,
+        mode: if options.create_only { WriteMode::CreateOnly } else { WriteMode::Overwrite } as i32,
+        mtime: options.mtime.map(prost_types::Timestamp::from),
+        permissions: options.permissions,
+        ..UploadHeader::default()
+    }
 }
 
 /// How hard to try.
@@ -64,15 +78,8 @@ impl Default for RetryPolicy {
 impl Client {
     /// Opens a resumable upload session for `remote`; returns its id.
     pub async fn create_upload(&self, remote: &str, options: &UploadOptions) -> Result<String> {
-        let header = UploadHeader {
-            path: remote.to_owned(),
-            size: options.size,
-            mode: if options.create_only { WriteMode::CreateOnly } else { WriteMode::Overwrite } as i32,
-            mtime: options.mtime.map(prost_types::Timestamp::from),
-            permissions: options.permissions,
-            ..UploadHeader::default()
-        };
-        let reply = self.rpc.clone().create_upload(CreateUploadRequest { header: Some(header) }).await?;
+        let request = CreateUploadRequest { header: Some(upload_header(remote, options)), ranged: false };
+        let reply = self.rpc.clone().create_upload(request).await?;
         Ok(reply.into_inner().upload_id)
     }
 
@@ -85,6 +92,9 @@ impl Client {
             path: reply.path,
             committed: reply.committed_offset,
             size: reply.size,
+            ranges: reply
+                .ranged
+                .then(|| reply.committed_ranges.iter().map(|r| r.offset..r.offset.saturating_add(r.length)).collect()),
         })
     }
 
@@ -172,7 +182,7 @@ impl Client {
         file.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(format!("cannot read {}", local.display()), e))?;
 
         let (tx, rx) = mpsc::channel(4);
-        let start = UploadSessionStart { upload_id: upload_id.to_owned(), offset };
+        let start = UploadSessionStart { upload_id: upload_id.to_owned(), offset, length: None };
         tx.send(UploadSessionRequest { kind: Some(Kind::Start(start)) })
             .await
             .map_err(|_| Error::Protocol("request stream closed".into()))?;
@@ -212,6 +222,9 @@ impl Client {
                     }
                     progress(file.size);
                     return Ok(file);
+                }
+                Some(Reply::RangeCommitted(_)) => {
+                    return Err(Error::Protocol("a range was acknowledged on a sequential upload".into()));
                 }
                 None => return Err(Error::Protocol("an empty upload reply".into())),
             }
@@ -372,10 +385,17 @@ pub fn committed_offset(status: &tonic::Status) -> Option<u64> {
     status.metadata().get(COMMITTED_OFFSET_TRAILER)?.to_str().ok()?.parse().ok()
 }
 
-/// Stops the producer when an attempt ends, whatever the outcome.
-struct AbortOnDrop(tokio::task::JoinHandle<Result<()>>);
+/// Stops a task when its owner is done with it, whatever the outcome.
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<Result<T>>);
 
-impl Drop for AbortOnDrop {
+impl<T> AbortOnDrop<T> {
+    /// The task's result.
+    pub(crate) async fn wait(mut self) -> Result<T> {
+        (&mut self.0).await.map_err(|e| Error::Protocol(format!("task failed: {e}")))?
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

@@ -105,9 +105,19 @@ fn store_code(error: &StoreError) -> Code {
         StoreError::InvalidPath(_)
         | StoreError::SizeMismatch { .. }
         | StoreError::DigestMismatch { .. }
-        | StoreError::InvalidUploadId => Code::InvalidArgument,
+        | StoreError::InvalidUploadId
+        | StoreError::RangedNeedsSize => Code::InvalidArgument,
         StoreError::NotFound { .. } | StoreError::UploadNotFound { .. } => Code::NotFound,
-        StoreError::OffsetMismatch { .. } | StoreError::Preempted { .. } => Code::Aborted,
+        StoreError::OffsetMismatch { .. }
+        | StoreError::Preempted { .. }
+        | StoreError::RangeConflict { .. }
+        | StoreError::RangesInFlight { .. } => Code::Aborted,
+        StoreError::RangedUpload { .. }
+        | StoreError::NotRangedUpload { .. }
+        | StoreError::TooManyRanges { .. }
+        | StoreError::RangesMissing { .. } => Code::FailedPrecondition,
+        StoreError::RangeOutsideFile { .. } => Code::OutOfRange,
+        StoreError::Unsupported { .. } => Code::Unimplemented,
         StoreError::AlreadyExists { .. } | StoreError::UploadExists { .. } => Code::AlreadyExists,
         StoreError::IsDirectory { .. }
         | StoreError::ParentNotDirectory { .. }
@@ -154,6 +164,15 @@ mod tests {
             (StoreError::UploadExists { id: "x".into() }.into(), Code::AlreadyExists),
             (StoreError::OffsetMismatch { id: "x".into(), offset: 1, committed: 0 }.into(), Code::Aborted),
             (StoreError::Preempted { id: "x".into() }.into(), Code::Aborted),
+            (StoreError::Unsupported { what: "ranged uploads" }.into(), Code::Unimplemented),
+            (StoreError::RangedNeedsSize.into(), Code::InvalidArgument),
+            (StoreError::RangedUpload { id: "x".into() }.into(), Code::FailedPrecondition),
+            (StoreError::NotRangedUpload { id: "x".into() }.into(), Code::FailedPrecondition),
+            (StoreError::RangeOutsideFile { offset: 8, length: 4, size: 10 }.into(), Code::OutOfRange),
+            (StoreError::RangeConflict { id: "x".into(), offset: 0, length: 4 }.into(), Code::Aborted),
+            (StoreError::TooManyRanges { id: "x".into(), max: 64 }.into(), Code::FailedPrecondition),
+            (StoreError::RangesMissing { id: "x".into(), missing: 4, first_gap: 0 }.into(), Code::FailedPrecondition),
+            (StoreError::RangesInFlight { id: "x".into() }.into(), Code::Aborted),
             (ServiceError::Idle(std::time::Duration::from_secs(1)), Code::DeadlineExceeded),
             (ServiceError::Incomplete { received: 5, committed: 4 }, Code::Aborted),
             (StoreError::io("writing", std::io::Error::other("EIO /srv/secret")).into(), Code::Internal),

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use ferry_client::{Client, Code, RetryPolicy, UploadOptions};
+use ferry_client::{Client, Code, PIECE, RetryPolicy, UploadOptions};
 
 use super::{connect, interruptible, local_file_name};
 use crate::cli::PutArgs;
@@ -38,7 +38,7 @@ pub async fn run(server: &crate::cli::ConnectionArgs, args: PutArgs) -> anyhow::
         let file = if args.no_resume {
             interruptible(client.upload_file(&args.local, &remote, options, move |n| shown.set_position(n))).await
         } else {
-            resumable(&client, &server.server, &args, &remote, options, move |n| shown.set_position(n)).await
+            resumable(&client, server, &args, &remote, options, move |n| shown.set_position(n)).await
         };
         bar.finish_and_clear();
         file?
@@ -54,37 +54,63 @@ pub async fn run(server: &crate::cli::ConnectionArgs, args: PutArgs) -> anyhow::
 /// the file is stored. `progress` gets server-confirmed bytes.
 async fn resumable(
     client: &Client,
-    server: &str,
+    connection: &crate::cli::ConnectionArgs,
     args: &PutArgs,
     remote: &str,
     options: UploadOptions,
     progress: impl Fn(u64) + Send + Sync + 'static,
 ) -> anyhow::Result<ferry_client::RemoteFile> {
-    let remembered = Remembered::for_upload(server, remote, &args.local)?;
+    let remembered = Remembered::for_upload(&connection.server, remote, &args.local)?;
     let resumed = match remembered.load() {
         Some(id) => match client.query_upload(&id).await {
-            Ok(state) if state.path == remote => Some((id, state.committed)),
+            Ok(state) if state.path == remote => Some((id, state)),
             _ => None,
         },
         None => None,
     };
-    let id = match resumed {
-        Some((id, committed)) => {
-            if !args.transfer.quiet {
-                eprintln!("resuming upload {id} at byte {committed}");
+    let quiet = args.transfer.quiet;
+    let (id, ranged) = match resumed {
+        Some((id, state)) => {
+            if !quiet {
+                match &state.ranges {
+                    Some(ranges) => {
+                        let stored: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+                        eprintln!("resuming upload {id} with {stored} bytes stored in {} ranges", ranges.len());
+                    }
+                    None => eprintln!("resuming upload {id} at byte {}", state.committed),
+                }
             }
-            id
+            (id, state.ranges.is_some())
         }
         None => {
             let meta =
                 std::fs::metadata(&args.local).with_context(|| format!("cannot read {}", args.local.display()))?;
             let options = client_options_for(&meta, options);
-            let id = client.create_upload(remote, &options).await?;
+            let ranged = match args.parallel > 1 && meta.len() >= 2 * PIECE {
+                true => client.create_ranged_upload(remote, &options).await?,
+                false => None,
+            };
+            if args.parallel > 1 && ranged.is_none() && !quiet {
+                eprintln!("ferry: sending in one stream (the file is small, or the server cannot stage ranges)");
+            }
+            let (id, ranged) = match ranged {
+                Some(id) => (id, true),
+                None => (client.create_upload(remote, &options).await?, false),
+            };
             remembered.save(&id);
-            id
+            (id, ranged)
         }
     };
-    let result = interruptible(client.upload_file_resumable(&args.local, &id, &RetryPolicy::default(), progress)).await;
+    let policy = RetryPolicy::default();
+    let result = if ranged {
+        let mut clients = vec![client.clone()];
+        for _ in 1..args.parallel {
+            clients.push(connect(connection, args.transfer.chunk_size).await?);
+        }
+        interruptible(ferry_client::upload_parallel(&clients, &args.local, &id, &policy, progress)).await
+    } else {
+        interruptible(client.upload_file_resumable(&args.local, &id, &policy, progress)).await
+    };
     match &result {
         Ok(_) => remembered.forget(),
         // The session is gone (finished, expired or refused): nothing to resume.

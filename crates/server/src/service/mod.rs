@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use ferry_proto::v1::ferry_server::Ferry;
 use ferry_proto::v1::{
-    AbortUploadRequest, AbortUploadResponse, CreateUploadRequest, CreateUploadResponse, DeleteRequest, DeleteResponse,
-    DownloadFilesRequest, DownloadFilesResponse, DownloadRequest, DownloadResponse, ListRequest, ListResponse,
-    MakeDirectoryRequest, MakeDirectoryResponse, QueryUploadRequest, QueryUploadResponse, StatRequest, StatResponse,
-    UploadFilesResponse, UploadRequest, UploadResponse, UploadSessionRequest, UploadSessionResponse,
+    AbortUploadRequest, AbortUploadResponse, CommitUploadRequest, CommitUploadResponse, CreateUploadRequest,
+    CreateUploadResponse, DeleteRequest, DeleteResponse, DownloadFilesRequest, DownloadFilesResponse, DownloadRequest,
+    DownloadResponse, ListRequest, ListResponse, MakeDirectoryRequest, MakeDirectoryResponse, QueryUploadRequest,
+    QueryUploadResponse, StatRequest, StatResponse, UploadFilesResponse, UploadRequest, UploadResponse,
+    UploadSessionRequest, UploadSessionResponse,
 };
 use ferry_store::{Store, StorePath};
 use tokio_stream::Stream;
@@ -30,6 +31,7 @@ use crate::status::ServiceError;
 pub(crate) mod download;
 mod files;
 mod objects;
+mod ranged;
 mod sessions;
 pub(crate) mod upload;
 
@@ -223,5 +225,12 @@ impl Ferry for FerryService {
         request: Request<MakeDirectoryRequest>,
     ) -> Result<Response<MakeDirectoryResponse>, Status> {
         self.call("MakeDirectory", request, objects::make_directory).await
+    }
+
+    async fn commit_upload(
+        &self,
+        request: Request<CommitUploadRequest>,
+    ) -> Result<Response<CommitUploadResponse>, Status> {
+        self.call("CommitUpload", request, ranged::commit).await
     }
 }

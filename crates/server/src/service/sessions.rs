@@ -4,7 +4,7 @@
 use ferry_proto::v1::upload_session_request::Kind;
 use ferry_proto::v1::upload_session_response::Kind as Reply;
 use ferry_proto::v1::{
-    AbortUploadRequest, AbortUploadResponse, CreateUploadRequest, CreateUploadResponse, QueryUploadRequest,
+    AbortUploadRequest, AbortUploadResponse, ByteRange, CreateUploadRequest, CreateUploadResponse, QueryUploadRequest,
     QueryUploadResponse, UploadSessionRequest, UploadSessionResponse,
 };
 use ferry_store::{UploadId, UploadStatus};
@@ -28,16 +28,24 @@ pub(super) async fn create(call: Call, request: CreateUploadRequest) -> Result<C
     let path = parse_path(&header.path)?;
     call.who.check(Permission::Write, &path)?;
     call.ctx.admission.check_declared_size(header.size).await?;
+    if request.ranged {
+        if header.size.is_none() {
+            return Err(ServiceError::protocol("a ranged upload needs header.size"));
+        }
+        let upload_id = call.ctx.store.create_ranged_upload(&path, write_options(&header, true)?).await?.to_string();
+        tracing::info!(upload = %upload_id, path = %header.path, "ranged upload session created");
+        return Ok(CreateUploadResponse { upload_id, ranged: true });
+    }
     let upload = call.ctx.store.create_upload(&path, write_options(&header, true)?).await?;
     let upload_id = upload.id().to_string();
     // Dropping a resumable upload keeps its session, at offset 0.
     drop(upload);
     tracing::info!(upload = %upload_id, path = %header.path, "upload session created");
-    Ok(CreateUploadResponse { upload_id })
+    Ok(CreateUploadResponse { upload_id, ranged: false })
 }
 
 /// The session's status, for a caller allowed to write its path.
-async fn writable_status(call: &Call, raw_id: &str) -> Result<UploadStatus, ServiceError> {
+pub(super) async fn writable_status(call: &Call, raw_id: &str) -> Result<UploadStatus, ServiceError> {
     let status = call.ctx.store.upload_status(&UploadId::parse(raw_id)?).await?;
     call.who.check(Permission::Write, &status.path)?;
     Ok(status)
@@ -50,6 +58,13 @@ pub(super) async fn query(call: Call, request: QueryUploadRequest) -> Result<Que
         path: status.path.to_string(),
         committed_offset: status.committed,
         size: status.size,
+        ranged: status.ranges.is_some(),
+        committed_ranges: status
+            .ranges
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| ByteRange { offset: r.start, length: r.end - r.start })
+            .collect(),
     })
 }
 
@@ -74,6 +89,9 @@ pub(super) async fn session(
         Some(Some(Kind::Start(start))) => start,
         _ => return Err(ServiceError::protocol("the first message of an upload session must be its start")),
     };
+    if let Some(length) = start.length {
+        return super::ranged::range_stream(call, start, length, messages).await;
+    }
     let (mut upload, path, mut budget) = resume(&call, &UploadId::parse(&start.upload_id)?, start.offset).await?;
 
     let (tx, rx) = mpsc::channel(ACK_QUEUE);

@@ -110,7 +110,7 @@ impl Budget {
     }
 
     /// Before `len` more bytes are written to an upload that has `received`.
-    async fn spend(&mut self, received: u64, len: usize) -> Result<(), ServiceError> {
+    pub(crate) async fn spend(&mut self, received: u64, len: usize) -> Result<(), ServiceError> {
         let size = received.saturating_add(len as u64);
         self.ticket.grow_to(size)?;
         if let Some(next) = self.next_space_check

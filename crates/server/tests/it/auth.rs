@@ -211,7 +211,9 @@ async fn matrix_server() -> TestServer {
 /// The admin opens a session at `path` (sized for `SESSION_DATA`).
 async fn admin_session(raw: &mut Raw, path: &str) -> String {
     let header = UploadHeader { path: path.into(), size: Some(SESSION_DATA.len() as u64), ..Default::default() };
-    let reply = raw.create_upload(request(CreateUploadRequest { header: Some(header) }, Some(&bearer(ADMIN)))).await;
+    let reply = raw
+        .create_upload(request(CreateUploadRequest { header: Some(header), ranged: false }, Some(&bearer(ADMIN))))
+        .await;
     reply.expect("the admin opens a session").into_inner().upload_id
 }
 
@@ -280,7 +282,8 @@ async fn call(
         }
         Rpc::CreateUpload => {
             let header = UploadHeader { path: target.into(), size: Some(8), ..Default::default() };
-            let id = raw.create_upload(request(CreateUploadRequest { header: Some(header) }, auth)).await?;
+            let id =
+                raw.create_upload(request(CreateUploadRequest { header: Some(header), ranged: false }, auth)).await?;
             let id = id.into_inner().upload_id;
             assert_eq!(admin_query(raw, &id).await.expect("the new session"), target);
             return Ok(Some(id));
@@ -298,7 +301,9 @@ async fn call(
         Rpc::UploadSession => {
             use upload_session_request::Kind;
             let messages = vec![
-                UploadSessionRequest { kind: Some(Kind::Start(UploadSessionStart { upload_id: session, offset: 0 })) },
+                UploadSessionRequest {
+                    kind: Some(Kind::Start(UploadSessionStart { upload_id: session, offset: 0, length: None })),
+                },
                 UploadSessionRequest {
                     kind: Some(Kind::Chunk(Chunk { data: SESSION_DATA.to_vec().into(), crc32c: None })),
                 },

@@ -27,7 +27,11 @@ type Raw = FerryClient<Channel>;
 
 async fn create(raw: &mut Raw, path: &str, size: usize) -> String {
     let header = UploadHeader { path: path.into(), size: Some(size as u64), ..Default::default() };
-    raw.create_upload(CreateUploadRequest { header: Some(header) }).await.expect("create").into_inner().upload_id
+    raw.create_upload(CreateUploadRequest { header: Some(header), ranged: false })
+        .await
+        .expect("create")
+        .into_inner()
+        .upload_id
 }
 
 async fn committed(raw: &mut Raw, id: &str) -> Result<u64, Status> {
@@ -43,7 +47,7 @@ struct Session {
 impl Session {
     async fn open(raw: &mut Raw, id: &str, offset: u64) -> Result<Self, Status> {
         let (tx, rx) = mpsc::channel(8);
-        let start = UploadSessionStart { upload_id: id.into(), offset };
+        let start = UploadSessionStart { upload_id: id.into(), offset, length: None };
         tx.send(UploadSessionRequest { kind: Some(Kind::Start(start)) }).await.expect("queue start");
         let replies = raw.upload_session(ReceiverStream::new(rx)).await?.into_inner();
         Ok(Self { tx, replies })
@@ -85,7 +89,7 @@ impl Session {
             match reply.kind {
                 Some(Reply::CommittedOffset(offset)) => acks.push(offset),
                 Some(Reply::File(file)) => return Ok((acks, file)),
-                None => panic!("an empty reply"),
+                other => panic!("unexpected reply {other:?}"),
             }
         }
         panic!("the session ended without the file")
