@@ -113,6 +113,11 @@ struct Args {
     /// connection and over this many at once.
     #[arg(long)]
     parallel_download: Option<usize>,
+    /// Instead of the main series: one file (--size) uploaded over one
+    /// connection (a resumable session, as `ferry put`) and over this many
+    /// at once (a ranged session, as `ferry put --parallel`).
+    #[arg(long, conflicts_with = "parallel_download")]
+    parallel_upload: Option<usize>,
     /// Files at once for ferry's tree transfers.
     #[arg(long, default_value_t = 8)]
     jobs: usize,
@@ -188,7 +193,10 @@ async fn run(args: Args) -> Result<()> {
         );
     }
     if let Some(connections) = args.parallel_download {
-        return parallel::run(&ferry, &base, args.size, connections.max(1), args.runs).await;
+        return parallel::download(&ferry, &base, args.size, connections.max(1), args.runs).await;
+    }
+    if let Some(connections) = args.parallel_upload {
+        return parallel::upload(&ferry, &base, args.size, connections.max(1), args.runs).await;
     }
     if args.compression {
         return compression::run(&ferry, &base, args.size, args.runs).await;
