@@ -224,8 +224,8 @@ pub struct PutArgs {
     /// Send the file over N connections at once, in 16 MiB pieces that the
     /// server stages and verifies as a whole (for links where one stream
     /// cannot fill the pipe). Resumable like any upload; a server whose
-    /// storage cannot stage ranges (S3) gets one stream.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64), conflicts_with_all = ["recursive", "no_resume"])]
+    /// storage cannot stage ranges (S3) gets one stream. At most 16.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16), conflicts_with_all = ["recursive", "no_resume"])]
     pub parallel: u16,
 }
 

@@ -38,7 +38,7 @@ pub use error::Error;
 pub use ferry_proto::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 pub use files::{DownloadTarget, LocalFile, MAX_DOWNLOAD_PATHS};
 pub use parallel::{PIECE, download_parallel};
-pub use ranged::upload_parallel;
+pub use ranged::{MAX_UPLOAD_CONNECTIONS, upload_parallel};
 pub use resume::{RetryPolicy, UploadState, committed_offset};
 pub use tonic::Code;
 pub use types::{Range, RemoteFile, UploadOptions};

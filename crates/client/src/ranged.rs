@@ -120,8 +120,15 @@ async fn send_range_data(
     Ok(())
 }
 
+/// Connections a parallel upload uses at most. A server grants a range only
+/// if the session's committed ranges merged with it, plus the ranges being
+/// written, number at most 32; with pieces handed out in order, each piece
+/// in flight can also split the committed ones, so 16 streams fit.
+pub const MAX_UPLOAD_CONNECTIONS: usize = 16;
+
 /// Uploads `local` through the ranged session `upload_id` (see
-/// [`Client::create_ranged_upload`]) over all of `clients` at once, one
+/// [`Client::create_ranged_upload`]) over `clients` at once (the first
+/// [`MAX_UPLOAD_CONNECTIONS`] of them), one
 /// piece per connection at a time, sending only what the session lacks (so
 /// a session left by an interrupted run is continued). A piece that fails
 /// transiently is sent again (with backoff, per `policy`), by another
@@ -137,6 +144,7 @@ pub async fn upload_parallel(
     let Some(first) = clients.first() else {
         return Err(Error::Protocol("a parallel upload needs at least one connection".into()));
     };
+    let clients = &clients[..clients.len().min(MAX_UPLOAD_CONNECTIONS)];
     let state = first.query_upload(upload_id).await?;
     let Some(committed) = state.ranges.clone() else {
         return Err(Error::Protocol(format!("upload {upload_id} is not a ranged session")));

@@ -159,6 +159,16 @@ impl Admission {
         }
     }
 
+    /// Books `bytes` against the quota until the reservation is dropped:
+    /// for a commit that publishes bytes no stream holds a reservation for
+    /// (a ranged upload, whose range streams book only while they write).
+    pub fn reserve_quota(&self, bytes: u64) -> Result<QuotaReservation, ServiceError> {
+        if let Some(quota) = &self.quota {
+            quota.reserve(bytes)?;
+        }
+        Ok(QuotaReservation { quota: self.quota.clone(), bytes })
+    }
+
     /// A file of `size` bytes was deleted.
     pub fn deleted(&self, size: u64) {
         self.committed(0, size);
@@ -326,6 +336,21 @@ impl Drop for UploadTicket {
     fn drop(&mut self) {
         if let Some(quota) = &self.quota {
             quota.release(self.reserved);
+        }
+    }
+}
+
+/// Quota booked by [`Admission::reserve_quota`], given back when dropped.
+#[derive(Debug)]
+pub struct QuotaReservation {
+    quota: Option<Arc<Quota>>,
+    bytes: u64,
+}
+
+impl Drop for QuotaReservation {
+    fn drop(&mut self) {
+        if let Some(quota) = &self.quota {
+            quota.release(self.bytes);
         }
     }
 }

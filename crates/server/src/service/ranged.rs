@@ -45,10 +45,17 @@ where
     let span = tracing::Span::current();
     let (offset, id) = (start.offset, status.id.to_string());
     let task = async move {
-        let outcome = match receive_range(&mut *range, &id, &mut messages, idle, &mut budget).await {
+        let received = receive_range(&mut *range, &id, &mut messages, idle, &mut budget).await;
+        let outcome = match received {
             Ok(()) => range.finish().await.map_err(ServiceError::from),
-            Err(e) => Err(e),
+            Err(e) => {
+                // The range and the slot are free before the client hears of
+                // the failure, so that a retry at once is not refused.
+                drop(range);
+                Err(e)
+            }
         };
+        drop(budget);
         let last = match outcome {
             Ok(status) => {
                 tracing::debug!(upload = %status.id, offset, length, "range committed");
@@ -115,6 +122,9 @@ where
 pub(super) async fn commit(call: Call, request: CommitUploadRequest) -> Result<CommitUploadResponse, ServiceError> {
     let status = writable_status(&call, &request.upload_id).await?;
     let final_sha256 = convert::optional_digest("sha256", &request.sha256)?;
+    // The range streams booked their bytes only while they wrote: the file
+    // is booked whole now, as an ordinary upload's last stream does.
+    let _booked = call.ctx.admission.reserve_quota(status.size.unwrap_or(0))?;
     let replaced = call.ctx.admission.size_before_change(&status.path).await;
     let meta = call.ctx.store.commit_ranged(&UploadId::parse(&request.upload_id)?, final_sha256).await?;
     call.ctx.admission.committed(meta.size, replaced);

@@ -30,8 +30,10 @@ use super::{Inner, blocking};
 use crate::{Error, Metadata, RangeWrite, Result, Sha256, StorePath, UploadId, UploadStatus, WriteOptions};
 
 /// Separate committed ranges a session tracks at most: the journal record
-/// must fit its 4 KiB slot with a path of 1 KiB. Clients that hand out
-/// pieces in order keep about one gap per stream.
+/// must fit its 4 KiB slot with a path of 1 KiB. A range is granted only if
+/// the committed ranges merged with it, plus the ranges being written,
+/// number at most this; so a client that hands out pieces in order can keep
+/// up to 16 streams busy (each piece in flight also splits the committed ones).
 pub(super) const MAX_RANGES: usize = 32;
 /// Bytes read at a time when the commit hashes the file.
 const HASH_BLOCK: usize = 1024 * 1024;
@@ -78,11 +80,16 @@ pub(super) async fn write_range(
     offset: u64,
     length: u64,
 ) -> Result<Box<dyn RangeWrite>> {
+    let session = SessionDir::new(&inner.uploads_dir, &id);
+    // Before waiting for the session: an ordinary session's stream holds it
+    // for its whole life, and a call that can only fail must not wait for that.
+    let (check, check_id) = (session.clone(), id.clone());
+    blocking(move || read_ranged(&check, &check_id).map(drop)).await?;
     let slot = inner.sessions.slot(&id);
+    // Watched before waiting: an abort that comes meanwhile preempts this writer.
+    let claim = slot.watch();
     // Shared with the other writers; waits while an abort removes the session.
     let guard = slot.share().await;
-    let claim = slot.watch();
-    let session = SessionDir::new(&inner.uploads_dir, &id);
     let (claim_slot, claim_id) = (slot.clone(), id.clone());
     let opened = blocking(move || {
         let mut writing = claim_slot.writing();
@@ -95,11 +102,14 @@ pub(super) async fn write_range(
         if committed.iter().chain(writing.iter()).any(|other| overlaps(other, &range)) {
             return Err(Error::RangeConflict { id: claim_id.to_string(), offset, length });
         }
-        // Every range being written may end up committed: the journal must
-        // hold them all, whatever order they finish in.
-        let mut all: Vec<Range<u64>> = committed.iter().chain(writing.iter()).cloned().collect();
-        all.push(range.clone());
-        if merge(all).len() > MAX_RANGES {
+        // Any of the ranges being written may finish, in any order, or not at
+        // all, and each can add at most one separate range: counted that way,
+        // a range granted here can always be recorded. (A range that joins
+        // committed ones counts as they merge, so a session at the limit can
+        // still be completed.)
+        let mut with_new = committed.clone();
+        with_new.push(range.clone());
+        if merge(with_new).len() + writing.len() > MAX_RANGES {
             return Err(Error::TooManyRanges { id: claim_id.to_string(), max: MAX_RANGES });
         }
         let file = std::fs::OpenOptions::new()
@@ -135,9 +145,11 @@ pub(super) async fn write_range(
 
 /// Publishes a ranged session whose ranges cover the file.
 pub(super) async fn commit(inner: Arc<Inner>, id: UploadId, final_sha256: Option<Sha256>) -> Result<Metadata> {
+    let session = SessionDir::new(&inner.uploads_dir, &id);
+    let (check, check_id) = (session.clone(), id.clone());
+    blocking(move || read_ranged(&check, &check_id).map(drop)).await?;
     let slot = inner.sessions.slot(&id);
     let Some(guard) = slot.try_hold() else { return Err(Error::RangesInFlight { id: id.to_string() }) };
-    let session = SessionDir::new(&inner.uploads_dir, &id);
     let (commit_inner, commit_id, commit_session) = (inner.clone(), id.clone(), session.clone());
     let outcome = blocking(move || {
         let journal = read_ranged(&commit_session, &commit_id)?;
@@ -147,7 +159,11 @@ pub(super) async fn commit(inner: Arc<Inner>, id: UploadId, final_sha256: Option
             return Err(Error::RangesMissing { id: commit_id.to_string(), missing, first_gap });
         }
         let io = |e| Error::io("reading back a ranged upload", e);
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(commit_session.data()).map_err(io)?;
+        // Read-only: an earlier attempt whose rename failed may have given
+        // the file its final permission bits already, owner-write or not.
+        let file = std::fs::File::open(commit_session.data()).map_err(io)?;
+        rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(0o600))
+            .map_err(|e| Error::io("reading back a ranged upload", e.into()))?;
         let sha256 = hash_file(&file, size).map_err(io)?;
         for expected in [options.sha256, final_sha256].into_iter().flatten() {
             if expected != sha256 {
@@ -286,11 +302,11 @@ impl RangeWrite for LocalRangeWrite {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<UploadStatus> {
-        if self.written != self.length() {
-            return Err(Error::SizeMismatch { declared: self.length(), received: self.written });
-        }
         if !self.claim.is_current() {
             return Err(Error::Preempted { id: self.id.to_string() });
+        }
+        if self.written != self.length() {
+            return Err(Error::SizeMismatch { declared: self.length(), received: self.written });
         }
         let (file, slot, range, id) = (self.file.clone(), self.slot.clone(), self.range.clone(), self.id.clone());
         let session = SessionDir::new(&self.inner.uploads_dir, &id);

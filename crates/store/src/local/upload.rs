@@ -404,19 +404,22 @@ pub(super) fn publish(
     Ok(resolve::metadata(path, EntryKind::File, &st, Some(sha256)))
 }
 
-/// Gives a staged file its permissions, mtime and cached digest; returns its
-/// stat as it will be published.
+/// Gives a staged file its mtime, cached digest and permissions; returns its
+/// stat as it will be published. The digest goes before the permissions:
+/// setting an extended attribute needs write permission, which the file's
+/// own bits may not give its owner.
 pub(super) fn finish_file(file: &File, options: &WriteOptions, sha256: &Sha256) -> Result<fs::Stat> {
-    let permissions = options.permissions.unwrap_or(DEFAULT_PERMISSIONS) & 0o777 | 0o400;
-    fs::fchmod(file, Mode::from_raw_mode(permissions)).map_err(|e| Error::io("setting permissions", e.into()))?;
     if let Some(mtime) = options.mtime {
         let mtime = to_timespec(mtime);
         let times = Timestamps { last_access: mtime, last_modification: mtime };
         fs::futimens(file, &times).map_err(|e| Error::io("setting the modification time", e.into()))?;
     }
-    let st = fs::fstat(file).map_err(|e| Error::io("reading staged metadata", e.into()))?;
-    digest_cache::store(file, &st, sha256);
-    Ok(st)
+    let stat = || fs::fstat(file).map_err(|e| Error::io("reading staged metadata", e.into()));
+    // Keyed by size and mtime, which the permissions do not change.
+    digest_cache::store(file, &stat()?, sha256);
+    let permissions = options.permissions.unwrap_or(DEFAULT_PERMISSIONS) & 0o777 | 0o400;
+    fs::fchmod(file, Mode::from_raw_mode(permissions)).map_err(|e| Error::io("setting permissions", e.into()))?;
+    stat()
 }
 
 /// Renames the durable staged file `staged` to `name` in `parent` (refusing
