@@ -36,6 +36,16 @@ use support::{
     write_all,
 };
 
+/// The rules of ranged upload sessions.
+#[path = "conformance/ranged.rs"]
+mod ranged;
+use ranged::{
+    ranged_a_granted_range_can_be_finished, ranged_abort_preempts_writers, ranged_and_ordinary_sessions_do_not_mix,
+    ranged_calls_leave_a_live_stream_alone, ranged_commit_checks, ranged_conflicts, ranged_create_refusals,
+    ranged_empty_file, ranged_expiry, ranged_range_lengths, ranged_recovery, ranged_round_trip,
+    ranged_target_in_the_way, ranged_too_many_ranges,
+};
+
 /// Instantiates every rule for every backend: `local::RULE`, `s3::RULE`.
 macro_rules! conformance {
     ($($rule:ident),* $(,)?) => {
@@ -94,6 +104,21 @@ conformance!(
     create_dir_refuses_files_in_the_way,
     created_directories_delete_like_directories,
     files_in_a_created_directory,
+    // Ranged upload sessions (conformance/ranged.rs).
+    ranged_round_trip,
+    ranged_conflicts,
+    ranged_range_lengths,
+    ranged_commit_checks,
+    ranged_and_ordinary_sessions_do_not_mix,
+    ranged_calls_leave_a_live_stream_alone,
+    ranged_abort_preempts_writers,
+    ranged_too_many_ranges,
+    ranged_a_granted_range_can_be_finished,
+    ranged_expiry,
+    ranged_target_in_the_way,
+    ranged_recovery,
+    ranged_empty_file,
+    ranged_create_refusals,
 );
 
 fn resumable() -> WriteOptions {

@@ -12,10 +12,11 @@ use ferry_client::ClientOptions;
 use ferry_proto::v1::ferry_client::FerryClient;
 use ferry_proto::v1::upload_session_response::Kind as Reply;
 use ferry_proto::v1::{
-    AbortUploadRequest, Chunk, CreateUploadRequest, DeleteRequest, DownloadFilesRequest, DownloadRequest, EntryKind,
-    ListRequest, MakeDirectoryRequest, QueryUploadRequest, StatRequest, UploadFinish, UploadHeader, UploadRequest,
-    UploadSessionRequest, UploadSessionStart, download_files_response, download_response, upload_files_response,
-    upload_request, upload_session_request,
+    AbortUploadRequest, ByteRange, Chunk, CommitUploadRequest, CreateUploadRequest, DeleteRequest,
+    DownloadFilesRequest, DownloadRequest, EntryKind, ListRequest, MakeDirectoryRequest, QueryUploadRequest,
+    QueryUploadResponse, StatRequest, UploadFinish, UploadHeader, UploadRequest, UploadSessionRequest,
+    UploadSessionStart, download_files_response, download_response, upload_files_response, upload_request,
+    upload_session_request,
 };
 use ferry_server::auth::token_digest;
 use ferry_server::{AuthOptions, Grant, Permission, Scope, ServerOptions};
@@ -104,11 +105,17 @@ enum Rpc {
     UploadFiles,
     DownloadFiles,
     MakeDirectory,
+    /// `CreateUpload` of a ranged session.
+    CreateRangedUpload,
+    /// `UploadSession` writing a range of a ranged session (its start has a length).
+    UploadRange,
+    CommitUpload,
 }
 
 impl Rpc {
-    /// Every method of `ferry.v1.Ferry`, and `Upload`'s second way in.
-    const ALL: [Rpc; 13] = [
+    /// Every method of `ferry.v1.Ferry`, and the second ways into `Upload`,
+    /// `CreateUpload` and `UploadSession`.
+    const ALL: [Rpc; 16] = [
         Rpc::Upload,
         Rpc::Download,
         Rpc::Stat,
@@ -122,6 +129,9 @@ impl Rpc {
         Rpc::UploadFiles,
         Rpc::DownloadFiles,
         Rpc::MakeDirectory,
+        Rpc::CreateRangedUpload,
+        Rpc::UploadRange,
+        Rpc::CommitUpload,
     ];
 
     /// A target inside `team/` and one outside it. For the session RPCs this
@@ -135,14 +145,31 @@ impl Rpc {
             Rpc::List => ("team", "other"),
             Rpc::Delete => ("team/doomed.txt", "other/doomed.txt"),
             Rpc::CreateUpload => ("team/created.bin", "other/created.bin"),
-            Rpc::QueryUpload | Rpc::AbortUpload | Rpc::UploadSession | Rpc::UploadResume => {
-                ("team/session.bin", "other/session.bin")
-            }
+            Rpc::CreateRangedUpload => ("team/ranged.bin", "other/ranged.bin"),
+            Rpc::QueryUpload
+            | Rpc::AbortUpload
+            | Rpc::UploadSession
+            | Rpc::UploadResume
+            | Rpc::UploadRange
+            | Rpc::CommitUpload => ("team/session.bin", "other/session.bin"),
         }
     }
 
     fn on_session(self) -> bool {
-        matches!(self, Rpc::QueryUpload | Rpc::AbortUpload | Rpc::UploadSession | Rpc::UploadResume)
+        matches!(
+            self,
+            Rpc::QueryUpload
+                | Rpc::AbortUpload
+                | Rpc::UploadSession
+                | Rpc::UploadResume
+                | Rpc::UploadRange
+                | Rpc::CommitUpload
+        )
+    }
+
+    /// Needs a ranged session (for `CommitUpload`, with all its data sent).
+    fn on_ranged_session(self) -> bool {
+        matches!(self, Rpc::UploadRange | Rpc::CommitUpload)
     }
 
     /// Would create a file, a directory or a session if it were let through.
@@ -155,6 +182,8 @@ impl Rpc {
                 | Rpc::UploadResume
                 | Rpc::UploadFiles
                 | Rpc::MakeDirectory
+                | Rpc::CreateRangedUpload
+                | Rpc::CommitUpload
         )
     }
 }
@@ -208,18 +237,46 @@ async fn matrix_server() -> TestServer {
     server
 }
 
-/// The admin opens a session at `path` (sized for `SESSION_DATA`).
-async fn admin_session(raw: &mut Raw, path: &str) -> String {
+/// The admin opens a session at `path` (sized for `SESSION_DATA`) for
+/// `rpc`: a ranged one if it needs one, with all its data sent for a commit.
+async fn admin_session(raw: &mut Raw, rpc: Rpc, path: &str) -> String {
     let header = UploadHeader { path: path.into(), size: Some(SESSION_DATA.len() as u64), ..Default::default() };
-    let reply = raw
-        .create_upload(request(CreateUploadRequest { header: Some(header), ranged: false }, Some(&bearer(ADMIN))))
-        .await;
-    reply.expect("the admin opens a session").into_inner().upload_id
+    let ranged = rpc.on_ranged_session();
+    let reply = raw.create_upload(request(CreateUploadRequest { header: Some(header), ranged }, Some(&bearer(ADMIN))));
+    let id = reply.await.expect("the admin opens a session").into_inner().upload_id;
+    if rpc == Rpc::CommitUpload {
+        let range = send_range(raw, Some(&bearer(ADMIN)), &id).await.expect("the admin sends the data");
+        assert_eq!((range.offset, range.length), (0, SESSION_DATA.len() as u64));
+    }
+    id
+}
+
+/// Sends `SESSION_DATA` as the one range of the ranged session `id`.
+async fn send_range(raw: &mut Raw, auth: Option<&str>, id: &str) -> Result<ByteRange, Status> {
+    use upload_session_request::Kind;
+    let start = UploadSessionStart { upload_id: id.into(), offset: 0, length: Some(SESSION_DATA.len() as u64) };
+    let messages = vec![
+        UploadSessionRequest { kind: Some(Kind::Start(start)) },
+        UploadSessionRequest { kind: Some(Kind::Chunk(Chunk { data: SESSION_DATA.to_vec().into(), crc32c: None })) },
+    ];
+    let mut replies = raw.upload_session(request(tokio_stream::iter(messages), auth)).await?.into_inner();
+    let mut answers = Vec::new();
+    while let Some(reply) = replies.message().await? {
+        answers.push(reply.kind);
+    }
+    match answers.as_slice() {
+        [Some(Reply::RangeCommitted(range))] => Ok(*range),
+        other => panic!("a range stream answers range_committed only, got {other:?}"),
+    }
 }
 
 async fn admin_query(raw: &mut Raw, id: &str) -> Result<String, Status> {
+    Ok(admin_state(raw, id).await?.path)
+}
+
+async fn admin_state(raw: &mut Raw, id: &str) -> Result<QueryUploadResponse, Status> {
     let reply = raw.query_upload(request(QueryUploadRequest { upload_id: id.into() }, Some(&bearer(ADMIN)))).await?;
-    Ok(reply.into_inner().path)
+    Ok(reply.into_inner())
 }
 
 async fn admin_abort(raw: &mut Raw, id: &str) {
@@ -385,6 +442,29 @@ async fn call(
             assert_eq!((info.path.as_str(), info.kind), (target, EntryKind::Directory as i32));
             assert!(server.root().join(target).is_dir(), "the directory was made");
         }
+        Rpc::CreateRangedUpload => {
+            let header = UploadHeader { path: target.into(), size: Some(8), ..Default::default() };
+            let reply = raw.create_upload(request(CreateUploadRequest { header: Some(header), ranged: true }, auth));
+            let reply = reply.await?.into_inner();
+            assert!(reply.ranged, "a ranged session");
+            let state = admin_state(raw, &reply.upload_id).await.expect("the new session");
+            assert_eq!((state.path.as_str(), state.ranged), (target, true));
+            return Ok(Some(reply.upload_id));
+        }
+        Rpc::UploadRange => {
+            let range = send_range(raw, auth, &session).await?;
+            assert_eq!((range.offset, range.length), (0, SESSION_DATA.len() as u64));
+            let state = admin_state(raw, &session).await.expect("the session");
+            assert_eq!(state.committed_ranges, [range], "the range is committed");
+        }
+        Rpc::CommitUpload => {
+            let commit = CommitUploadRequest { upload_id: session.clone(), sha256: String::new() };
+            let file = raw.commit_upload(request(commit, auth)).await?.into_inner().file.expect("the stored file");
+            assert_eq!(file.path, target);
+            assert_eq!(std::fs::read(server.root().join(target)).expect("committed file"), SESSION_DATA);
+            let after = admin_query(raw, &session).await;
+            assert_eq!(after.expect_err("a committed session is gone").code(), Code::NotFound);
+        }
     }
     Ok(None)
 }
@@ -402,7 +482,7 @@ async fn every_rpc_authenticates_then_checks_its_scope() {
             put(&server, target, b"delete me\n");
         }
         let session = match rpc.on_session() {
-            true => Some(admin_session(&mut raw, target).await),
+            true => Some(admin_session(&mut raw, rpc, target).await),
             false => None,
         };
         let before = server.snapshot();
@@ -422,7 +502,9 @@ async fn every_rpc_authenticates_then_checks_its_scope() {
             if rpc.creates() && server.root().join(target).exists() {
                 failures.push(format!("{case:?}: the refused upload left a file"));
             }
-            if matches!(rpc, Rpc::Upload | Rpc::CreateUpload | Rpc::UploadFiles) && staged(&server) != 0 {
+            if matches!(rpc, Rpc::Upload | Rpc::CreateUpload | Rpc::CreateRangedUpload | Rpc::UploadFiles)
+                && staged(&server) != 0
+            {
                 failures.push(format!("{case:?}: the refused upload left something in staging"));
             }
         }

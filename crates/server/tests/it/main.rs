@@ -20,6 +20,8 @@ mod metrics;
 mod objects;
 mod parallel;
 mod proxy;
+mod ranged;
+mod ranged_client;
 mod resume;
 mod security;
 mod transfer;
