@@ -171,12 +171,36 @@ pub async fn upload_parallel(
         Ok(hex::encode(sha2::Digest::finalize(hasher)))
     }));
 
-    send_pieces(clients, local, upload_id, policy, pieces, sent, Arc::new(progress)).await?;
-    let digest = match hashing.wait().await {
-        Ok(digest) => digest,
-        Err(e) => return Err(e),
+    let outcome = match send_pieces(clients, local, upload_id, policy, pieces, sent, Arc::new(progress)).await {
+        Ok(()) => match hashing.wait().await {
+            Ok(digest) => commit(first, upload_id, &digest, policy).await.map_err(|e| (e, Some(digest))),
+            Err(e) => Err((e, None)),
+        },
+        Err(e) => Err((e, None)),
     };
-    commit(first, upload_id, &state.path, &digest, policy).await
+    match outcome {
+        Ok(file) => Ok(file),
+        // The session ended under us: another run of the same upload (or a
+        // commit whose reply was lost) may have stored it. If the file there
+        // is ours, this upload is done.
+        Err((e, digest)) if e.code() == Some(Code::NotFound) => {
+            let digest = match digest {
+                Some(digest) => digest,
+                None => {
+                    let hash_path = local.to_owned();
+                    let hasher = tokio::task::spawn_blocking(move || hash_prefix(&hash_path, size))
+                        .await
+                        .map_err(|e| Error::Protocol(format!("hash task failed: {e}")))??;
+                    hex::encode(sha2::Digest::finalize(hasher))
+                }
+            };
+            match first.stat(&state.path).await {
+                Ok(file) if file.sha256.as_deref() == Some(digest.as_str()) => Ok(file),
+                _ => Err(e),
+            }
+        }
+        Err((e, _)) => Err(e),
+    }
 }
 
 /// Sends every piece over the connections; the first failure that retries
@@ -286,16 +310,8 @@ impl PieceSender {
     }
 }
 
-/// Commits the session, retrying transient failures; a session that is gone
-/// because an earlier commit succeeded (its reply lost) is success if the
-/// file there is ours.
-async fn commit(
-    client: &Client,
-    upload_id: &str,
-    path: &str,
-    digest: &str,
-    policy: &RetryPolicy,
-) -> Result<RemoteFile> {
+/// Commits the session, retrying transient failures.
+async fn commit(client: &Client, upload_id: &str, digest: &str, policy: &RetryPolicy) -> Result<RemoteFile> {
     let mut failures = 0;
     loop {
         match client.commit_upload(upload_id, digest).await {
@@ -308,12 +324,6 @@ async fn commit(
                     });
                 }
                 return Ok(file);
-            }
-            Err(e) if e.code() == Some(Code::NotFound) && failures > 0 => {
-                return match client.stat(path).await {
-                    Ok(file) if file.sha256.as_deref() == Some(digest) => Ok(file),
-                    _ => Err(e),
-                };
             }
             Err(e) if is_transient(&e) && failures < policy.max_attempts_without_progress => {
                 failures += 1;

@@ -12,6 +12,7 @@ pub const POINTS: &[&str] = &[
     "commit.after-file-sync",
     "commit.after-rename",
     "commit.after-dir-sync",
+    "range.after-data-sync",
     "recovery.after-first-session",
     "expiry.after-first-removal",
 ];

@@ -19,6 +19,9 @@ pub async fn run(server: &crate::cli::ConnectionArgs, args: PutArgs) -> anyhow::
         return super::interruptible_anyhow(tree).await;
     }
     let from_stdin = args.local == Path::new("-");
+    if from_stdin && args.parallel > 1 {
+        bail!("--parallel needs a file to read pieces of, not stdin");
+    }
     let remote = remote_path(&args.local, args.remote.as_deref(), from_stdin)?;
     let client = connect(server, args.transfer.chunk_size).await?;
     let options = UploadOptions { create_only: args.no_clobber, ..UploadOptions::default() };

@@ -117,10 +117,12 @@ pub(super) async fn write_range(
             .open(session.data())
             .map_err(|e| Error::io("opening a ranged upload", e))?;
         writing.push(range.clone());
-        Ok((file, range))
+        // Made here, so that the range is given back even if the caller
+        // goes away (a cancelled call) before this returns to it.
+        Ok((file, Writing { slot: claim_slot.clone(), range }))
     })
     .await;
-    let (file, range) = match opened {
+    let (file, writing) = match opened {
         Ok(opened) => opened,
         Err(e) => {
             if matches!(e, Error::UploadNotFound { .. }) {
@@ -134,13 +136,28 @@ pub(super) async fn write_range(
         inner,
         id,
         slot,
-        range,
+        range: writing.range.clone(),
         written: 0,
         file: Arc::new(file),
         claim,
+        writing: Some(writing),
         _guard: guard,
-        finished: false,
     }))
+}
+
+/// A range being written, listed in its slot until this is dropped.
+#[derive(Debug)]
+struct Writing {
+    slot: Arc<Slot>,
+    range: Range<u64>,
+}
+
+impl Drop for Writing {
+    /// An unfinished range is free to be written again.
+    fn drop(&mut self) {
+        let range = self.range.clone();
+        self.slot.writing().retain(|r| *r != range);
+    }
 }
 
 /// Publishes a ranged session whose ranges cover the file.
@@ -150,6 +167,21 @@ pub(super) async fn commit(inner: Arc<Inner>, id: UploadId, final_sha256: Option
     blocking(move || read_ranged(&check, &check_id).map(drop)).await?;
     let slot = inner.sessions.slot(&id);
     let Some(guard) = slot.try_hold() else { return Err(Error::RangesInFlight { id: id.to_string() }) };
+    // In a task of its own: a caller that goes away (the client cancelled)
+    // must not leave the file published and the session behind.
+    tokio::spawn(publish_and_end(inner, id, final_sha256, session, guard))
+        .await
+        .map_err(|e| Error::io("committing a ranged upload", std::io::Error::other(e)))?
+}
+
+/// The commit, once the session is held.
+async fn publish_and_end(
+    inner: Arc<Inner>,
+    id: UploadId,
+    final_sha256: Option<Sha256>,
+    session: SessionDir,
+    guard: super::claims::SessionGuard,
+) -> Result<Metadata> {
     let (commit_inner, commit_id, commit_session) = (inner.clone(), id.clone(), session.clone());
     let outcome = blocking(move || {
         let journal = read_ranged(&commit_session, &commit_id)?;
@@ -257,8 +289,9 @@ struct LocalRangeWrite {
     written: u64,
     file: Arc<File>,
     claim: Claim,
+    /// `None` once the range is recorded as committed.
+    writing: Option<Writing>,
     _guard: RangeGuard,
-    finished: bool,
 }
 
 impl std::fmt::Debug for LocalRangeWrite {
@@ -310,10 +343,13 @@ impl RangeWrite for LocalRangeWrite {
         }
         let (file, slot, range, id) = (self.file.clone(), self.slot.clone(), self.range.clone(), self.id.clone());
         let session = SessionDir::new(&self.inner.uploads_dir, &id);
+        // Into the blocking call: recorded or not, the range stops being
+        // "written" when it ends, even if this call is cancelled meanwhile.
+        let writing = self.writing.take();
         let status = blocking(move || {
             file.sync_data().map_err(|e| Error::io("syncing a range", e))?;
             crate::crash::point("range.after-data-sync");
-            let mut writing = slot.writing();
+            let listed = slot.writing();
             let mut journal = read_ranged(&session, &id)?;
             let mut ranges = committed_ranges(&journal);
             ranges.push(range.clone());
@@ -325,23 +361,13 @@ impl RangeWrite for LocalRangeWrite {
             journal.ranges = Some(ranges.iter().map(|r| (r.start, r.end)).collect());
             journal.seq += 1;
             session.write_journal(&journal)?;
-            writing.retain(|r| *r != range);
+            drop(listed);
+            drop(writing);
             let (path, options) = journal.options()?;
             Ok(UploadStatus { id, path, committed: journal.committed, size: options.size, ranges: Some(ranges) })
         })
         .await?;
-        self.finished = true;
         Ok(status)
-    }
-}
-
-impl Drop for LocalRangeWrite {
-    /// An unfinished range is free to be written again.
-    fn drop(&mut self) {
-        if !self.finished {
-            let range = self.range.clone();
-            self.slot.writing().retain(|r| *r != range);
-        }
     }
 }
 
