@@ -118,6 +118,11 @@ impl Admission {
         Ok(ticket)
     }
 
+    /// Upload streams admitted now.
+    pub fn uploads_running(&self) -> usize {
+        self.limits.max_concurrent_uploads.saturating_sub(self.uploads.available_permits())
+    }
+
     /// Checks a declared size without taking a slot (CreateUpload).
     pub async fn check_declared_size(&self, total: Option<u64>) -> Result<(), ServiceError> {
         if let Some(total) = total {

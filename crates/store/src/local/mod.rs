@@ -66,6 +66,8 @@ struct Inner {
     /// Shared by all uploads: bytes they may have queued for the disk.
     write_budget: Arc<tokio::sync::Semaphore>,
     read_chunk: usize,
+    /// Downloads running now: their chunks shrink as they grow in number.
+    running_reads: std::sync::atomic::AtomicUsize,
     /// Held for the store's lifetime: an exclusive `flock` on `.ferry/lock`.
     _lock: OwnedFd,
 }
@@ -118,6 +120,7 @@ impl LocalStore {
             sessions: claims::Sessions::default(),
             write_budget: Arc::new(tokio::sync::Semaphore::new(upload::WRITE_BUDGET)),
             read_chunk: options.read_chunk.max(1),
+            running_reads: std::sync::atomic::AtomicUsize::new(0),
             _lock: lock,
         };
         Ok(Self { inner: Arc::new(inner) })
