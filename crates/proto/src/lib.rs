@@ -51,10 +51,20 @@ pub const MAX_CHUNK_SIZE: usize = 4 * 1024 * 1024;
 /// both server and client: one maximal chunk plus room for the envelope.
 pub const MAX_MESSAGE_SIZE: usize = MAX_CHUNK_SIZE + 64 * 1024;
 
-/// HTTP/2 max frame size advertised by both sides. The default 16 KiB splits
-/// each 1 MiB chunk into 64 frames; 1 MiB frames were the biggest single
-/// throughput lever measured on loopback (README, "Performance").
+/// HTTP/2 max frame size the client advertises (so, of download frames).
+/// The default 16 KiB splits each 1 MiB chunk into 64 frames; 1 MiB frames
+/// were the biggest single throughput lever measured on loopback (README,
+/// "Performance").
 pub const HTTP2_MAX_FRAME_SIZE: u32 = 1024 * 1024;
+
+/// HTTP/2 max frame size the server advertises (so, of upload frames).
+/// Smaller than the client's for memory: tonic reserves a message's whole
+/// length on top of the part of it already received, so a 1 MiB chunk that
+/// arrives in one 1 MiB frame grows a stream's receive buffer to 2 MiB,
+/// while in 256 KiB frames it stays near 1.25 MiB. With 64 uploads over one
+/// connection that kept the server under 256 MiB; one upload ran within the
+/// noise of 1 MiB frames (docs/performance.md, "Many transfers at once").
+pub const HTTP2_SERVER_MAX_FRAME_SIZE: u32 = 256 * 1024;
 
 /// HTTP/2 initial stream flow-control window, both sides (bytes a peer may
 /// send on one stream before the receiver's acknowledgement).

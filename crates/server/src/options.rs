@@ -61,7 +61,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             max_message_size: ferry_proto::MAX_MESSAGE_SIZE,
-            http2_max_frame_size: ferry_proto::HTTP2_MAX_FRAME_SIZE,
+            http2_max_frame_size: ferry_proto::HTTP2_SERVER_MAX_FRAME_SIZE,
             http2_stream_window: ferry_proto::HTTP2_STREAM_WINDOW,
             http2_connection_window: ferry_proto::HTTP2_CONNECTION_WINDOW,
             http2_adaptive_window: false,
