@@ -37,9 +37,11 @@ where
         return Err(ServiceError::protocol("a range stream's length must be at least 1 byte"));
     }
     let status = writable_status(&call, &start.upload_id).await?;
-    // The file's size was checked when the session was created; a range
-    // stream books only its own bytes against the quota.
-    let mut budget = Budget::admit(&call, Some(length), Some(length)).await?;
+    // The file's size and free space were checked when the session was
+    // created, and its blocks allocated then: a range stream books only its
+    // own bytes against the quota, and asks for no more space than the
+    // reserve (its bytes are already on disk, as far as free space goes).
+    let mut budget = Budget::admit(&call, Some(length), Some(0)).await?;
     let mut range = call.ctx.store.write_range(&status.id, start.offset, length).await?;
     let (tx, rx) = mpsc::channel(1);
     let span = tracing::Span::current();
