@@ -36,14 +36,20 @@ use support::{
     write_all,
 };
 
-/// The rules of ranged upload sessions.
+/// The rules of ranged upload sessions: the helpers and the core rules.
 #[path = "conformance/ranged.rs"]
 mod ranged;
 use ranged::{
-    ranged_a_granted_range_can_be_finished, ranged_abort_preempts_writers, ranged_and_ordinary_sessions_do_not_mix,
-    ranged_calls_leave_a_live_stream_alone, ranged_commit_checks, ranged_conflicts, ranged_create_refusals,
-    ranged_empty_file, ranged_expiry, ranged_range_lengths, ranged_recovery, ranged_round_trip,
-    ranged_target_in_the_way, ranged_too_many_ranges,
+    ranged_and_ordinary_sessions_do_not_mix, ranged_calls_leave_a_live_stream_alone, ranged_commit_checks,
+    ranged_conflicts, ranged_range_lengths, ranged_round_trip,
+};
+
+/// The rules of ranged upload sessions: their limits and edges.
+#[path = "conformance/ranged_limits.rs"]
+mod ranged_limits;
+use ranged_limits::{
+    ranged_a_granted_range_can_be_finished, ranged_abort_preempts_writers, ranged_create_refusals, ranged_empty_file,
+    ranged_expiry, ranged_recovery, ranged_target_in_the_way, ranged_too_many_ranges,
 };
 
 /// Instantiates every rule for every backend: `local::RULE`, `s3::RULE`.
@@ -104,7 +110,7 @@ conformance!(
     create_dir_refuses_files_in_the_way,
     created_directories_delete_like_directories,
     files_in_a_created_directory,
-    // Ranged upload sessions (conformance/ranged.rs).
+    // Ranged upload sessions (conformance/ranged.rs, conformance/ranged_limits.rs).
     ranged_round_trip,
     ranged_conflicts,
     ranged_range_lengths,
