@@ -28,6 +28,7 @@ mod download;
 mod error;
 mod files;
 mod parallel;
+mod pieces;
 mod ranged;
 mod resume;
 mod types;

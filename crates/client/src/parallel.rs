@@ -10,16 +10,17 @@
 //! against the server's digest before it is renamed into place, as any
 //! ferry download is.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use sha2::Digest as _;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 use crate::download::publish_temp;
+use crate::pieces::{self, lock};
 use crate::resume::{backoff, is_transient};
 use crate::{Client, Error, Range, RemoteFile, Result, RetryPolicy};
 
@@ -71,76 +72,34 @@ pub async fn download_parallel(
     let file = Arc::new(temp.as_file().try_clone().map_err(|e| Error::io(context(), e))?);
 
     let pieces = info.size.div_ceil(PIECE) as usize;
-    // Pieces not yet fetched. A connection that keeps failing puts its piece
-    // back and stops; the others take it (so none stops while a piece is
-    // still in flight elsewhere: it may come back).
-    let queue = Arc::new(Mutex::new(Queue { todo: (0..pieces).collect(), in_flight: 0 }));
-    let changed = Arc::new(Notify::new());
-    let gave_up: Arc<Mutex<Option<Error>>> = Arc::default();
-    let received = Arc::new(Mutex::new(0u64));
-    let progress = Arc::new(progress);
+    let received = Mutex::new(0u64);
     let (done_tx, done_rx) = mpsc::unbounded_channel();
-    let mut workers = tokio::task::JoinSet::new();
-    for client in clients {
-        let piece_worker = PieceWorker {
-            client: client.clone(),
-            remote: remote.to_owned(),
-            expected: expected.clone(),
-            size: info.size,
-            file: file.clone(),
-            policy: policy.clone(),
-        };
-        let (queue, changed, gave_up, received, progress, done) =
-            (queue.clone(), changed.clone(), gave_up.clone(), received.clone(), progress.clone(), done_tx.clone());
-        workers.spawn(async move {
-            while let Some(piece) = next_piece(&queue, &changed).await {
-                let outcome = piece_worker.fetch(piece).await;
-                let mut state = lock(&queue);
-                state.in_flight -= 1;
-                let result = match outcome {
-                    Ok(bytes) => {
-                        // Under a lock, so that the reported total never goes back.
-                        let mut total = lock(&received);
-                        *total += bytes;
-                        progress(*total);
-                        let _ = done.send(piece);
-                        Ok(())
-                    }
-                    Err(e) if is_transient(&e) => {
-                        state.todo.push_back(piece);
-                        *lock(&gave_up) = Some(e);
-                        Err(None)
-                    }
-                    Err(e) => Err(Some(e)),
-                };
-                drop(state);
-                changed.notify_waiters();
-                match result {
-                    Ok(()) => {}
-                    Err(None) => return Ok(()),
-                    Err(Some(e)) => return Err(e),
-                }
+    let workers: Vec<_> = clients
+        .iter()
+        .map(|client| {
+            let worker = Arc::new(PieceWorker {
+                client: client.clone(),
+                remote: remote.to_owned(),
+                expected: expected.clone(),
+                size: info.size,
+                file: file.clone(),
+                policy: policy.clone(),
+            });
+            move |piece| {
+                let worker = worker.clone();
+                async move { worker.fetch(piece).await }
             }
-            Ok(())
-        });
-    }
-    drop(done_tx);
+        })
+        .collect();
     let hashing = tokio::spawn(hash_in_order(file.clone(), info.size, pieces, done_rx));
-
-    let mut failure = None;
-    while let Some(joined) = workers.join_next().await {
-        let outcome = joined.unwrap_or_else(|e| Err(Error::Protocol(format!("download task failed: {e}"))));
-        if let Err(e) = outcome {
-            // A piece failed for good: the file cannot be completed.
-            workers.abort_all();
-            failure.get_or_insert(e);
-        }
-    }
-    if failure.is_none() && !lock(&queue).todo.is_empty() {
-        // Every connection gave up with pieces left.
-        failure = lock(&gave_up).take();
-    }
-    if let Some(e) = failure {
+    let fetched = pieces::share(workers, pieces, move |piece, bytes| {
+        let mut total = lock(&received);
+        *total += bytes;
+        progress(*total);
+        let _ = done_tx.send(piece);
+    })
+    .await;
+    if let Err(e) = fetched {
         hashing.abort();
         return Err(e);
     }
@@ -151,37 +110,6 @@ pub async fn download_parallel(
     let (file, temp_path) = temp.into_parts();
     publish_temp(file, temp_path, local, &info, overwrite).await?;
     Ok(info)
-}
-
-/// The pieces left, and how many are being fetched (or sent).
-pub(crate) struct Queue {
-    pub(crate) todo: VecDeque<usize>,
-    pub(crate) in_flight: usize,
-}
-
-/// The next piece to fetch; `None` once all are fetched (waits while the
-/// queue is empty but a piece may still come back from another connection).
-pub(crate) async fn next_piece(queue: &Mutex<Queue>, changed: &Notify) -> Option<usize> {
-    loop {
-        let notified = changed.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        {
-            let mut state = lock(queue);
-            if let Some(piece) = state.todo.pop_front() {
-                state.in_flight += 1;
-                return Some(piece);
-            }
-            if state.in_flight == 0 {
-                return None;
-            }
-        }
-        notified.await;
-    }
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Fetches pieces of one file over one connection.

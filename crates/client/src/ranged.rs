@@ -18,11 +18,12 @@ use std::sync::{Arc, Mutex};
 use ferry_proto::v1::upload_session_request::Kind;
 use ferry_proto::v1::upload_session_response::Kind as Reply;
 use ferry_proto::v1::{Chunk, CommitUploadRequest, CreateUploadRequest, UploadSessionRequest, UploadSessionStart};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-use crate::parallel::{PIECE, Queue, lock, next_piece};
+use crate::parallel::PIECE;
+use crate::pieces::{self, lock};
 use crate::resume::{AbortOnDrop, backoff, hash_prefix, is_transient, upload_header};
 use crate::{Client, Error, RemoteFile, Result, RetryPolicy, UploadOptions};
 
@@ -215,67 +216,29 @@ async fn send_pieces(
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<()> {
     let pieces = Arc::new(pieces);
-    let queue = Arc::new(Mutex::new(Queue { todo: (0..pieces.len()).collect(), in_flight: 0 }));
-    let changed = Arc::new(Notify::new());
-    let gave_up: Arc<Mutex<Option<Error>>> = Arc::default();
-    let mut workers = tokio::task::JoinSet::new();
-    for client in clients {
-        let sender = PieceSender {
-            client: client.clone(),
-            local: local.to_owned(),
-            upload_id: upload_id.to_owned(),
-            policy: policy.clone(),
-        };
-        let (pieces, queue, changed, gave_up, sent, progress) =
-            (pieces.clone(), queue.clone(), changed.clone(), gave_up.clone(), sent.clone(), progress.clone());
-        workers.spawn(async move {
-            while let Some(piece) = next_piece(&queue, &changed).await {
-                let outcome = sender.send(pieces[piece].clone()).await;
-                let mut state = lock(&queue);
-                state.in_flight -= 1;
-                let result = match outcome {
-                    Ok(()) => {
-                        // Under a lock, so that the reported total never goes back.
-                        let mut total = lock(&sent);
-                        *total += pieces[piece].end - pieces[piece].start;
-                        progress(*total);
-                        Ok(())
-                    }
-                    Err(e) if is_transient(&e) => {
-                        // This connection gives up; the others take the piece.
-                        state.todo.push_back(piece);
-                        *lock(&gave_up) = Some(e);
-                        Err(None)
-                    }
-                    Err(e) => Err(Some(e)),
-                };
-                drop(state);
-                changed.notify_waiters();
-                match result {
-                    Ok(()) => {}
-                    Err(None) => return Ok(()),
-                    Err(Some(e)) => return Err(e),
-                }
+    let count = pieces.len();
+    let workers: Vec<_> = clients
+        .iter()
+        .map(|client| {
+            let sender = Arc::new(PieceSender {
+                client: client.clone(),
+                local: local.to_owned(),
+                upload_id: upload_id.to_owned(),
+                policy: policy.clone(),
+            });
+            let pieces = pieces.clone();
+            move |piece: usize| {
+                let (sender, range) = (sender.clone(), pieces[piece].clone());
+                async move { sender.send(range.clone()).await.map(|()| range.end - range.start) }
             }
-            Ok(())
-        });
-    }
-    let mut failure = None;
-    while let Some(joined) = workers.join_next().await {
-        let outcome = joined.unwrap_or_else(|e| Err(Error::Protocol(format!("upload task failed: {e}"))));
-        if let Err(e) = outcome {
-            workers.abort_all();
-            failure.get_or_insert(e);
-        }
-    }
-    if failure.is_none() && !lock(&queue).todo.is_empty() {
-        // Every connection gave up with pieces left.
-        failure = lock(&gave_up).take();
-    }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+        })
+        .collect();
+    pieces::share(workers, count, move |_, bytes| {
+        let mut total = lock(&sent);
+        *total += bytes;
+        progress(*total);
+    })
+    .await
 }
 
 /// Sends pieces of one file over one connection.
