@@ -206,7 +206,17 @@ impl Held {
         }
     }
 
+    /// Like [`Held::send`], but the server may have ended the call already
+    /// (after a bad message): then the rest is not sent.
+    async fn send_unless_ended(&self, messages: Vec<UploadRequest>) {
+        for message in messages {
+            if self.tx.send(message).await.is_err() {
+                return;
+            }
+        }
+    }
 
+    /// The next answer, which must come within [`ANSWER_WITHIN`].
     async fn answer(&mut self, what: &str) -> Result<UploadFilesResponse, Status> {
         match tokio::time::timeout(ANSWER_WITHIN, self.answers.recv()).await {
             Ok(Some(answer)) => answer,
