@@ -21,6 +21,9 @@ use tempfile::TempDir;
 mod support;
 use support::{MIB, Server, random_bytes, sha256_hex};
 
+#[path = "trees/dirs.rs"]
+mod dirs;
+
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
 /// Longest any client process may take before the test gives up on it.
@@ -44,6 +47,14 @@ impl Env {
         let server = Server::start(&root, None, &[]);
         assert!(server.url.is_some(), "ferry serve did not start");
         assert!(root.is_dir(), "ferry serve did not create its root");
+        Self { server, dir, root }
+    }
+
+    /// A client environment against `server`, which serves something other
+    /// than a local root (S3): `root` stays empty.
+    fn with_server(server: Server) -> Self {
+        let dir = tempfile::tempdir().expect("create the test's temporary directory");
+        let root = dir.path().join("root");
         Self { server, dir, root }
     }
 

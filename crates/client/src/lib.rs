@@ -220,7 +220,25 @@ impl Client {
     /// Creates a remote directory and any missing parents (success if it
     /// exists already).
     pub async fn make_directory(&self, path: &str) -> Result<RemoteFile> {
-        let reply = self.rpc.clone().make_directory(MakeDirectoryRequest { path: path.to_owned() }).await?.into_inner();
+        self.make_directory_with(path, None, None).await
+    }
+
+    /// [`Client::make_directory`], also setting the directory's modification
+    /// time and permission bits (those given), on a directory made before
+    /// too. Servers whose store keeps no directory metadata (S3) answer
+    /// [`Code::Unimplemented`] after making the directory.
+    pub async fn make_directory_with(
+        &self,
+        path: &str,
+        mtime: Option<std::time::SystemTime>,
+        permissions: Option<u32>,
+    ) -> Result<RemoteFile> {
+        let request = MakeDirectoryRequest {
+            path: path.to_owned(),
+            mtime: mtime.map(prost_types::Timestamp::from),
+            permissions: permissions.map(|bits| bits & 0o777),
+        };
+        let reply = self.rpc.clone().make_directory(request).await?.into_inner();
         reply.info.map(RemoteFile::from).ok_or_else(|| Error::Protocol("make_directory reply without info".into()))
     }
 

@@ -47,6 +47,8 @@ pub struct Metadata {
     pub kind: EntryKind,
     /// Bytes; 0 for directories.
     pub size: u64,
+    /// [`SystemTime::UNIX_EPOCH`] for a directory of a store that keeps no
+    /// directory metadata (S3: directories there are key prefixes).
     pub mtime: SystemTime,
     /// Permission bits (mode & 0o777).
     pub permissions: u32,
@@ -270,6 +272,22 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// metadata. An existing directory is success; a file in the way is
     /// [`Error::AlreadyExists`] (or [`Error::ParentNotDirectory`] for a parent).
     async fn create_dir(&self, path: &StorePath) -> Result<Metadata>;
+
+    /// Sets the existing directory `path`'s modification time and permission
+    /// bits (`mode & 0o777`), those given, and returns its metadata. The
+    /// store's own user keeps `rwx` (0o700), so that it can go on serving
+    /// the directory. [`Error::NotFound`] if there is none, [`Error::NotADirectory`]
+    /// for a file; backends without directory metadata answer
+    /// [`Error::Unsupported`].
+    async fn set_dir_metadata(
+        &self,
+        path: &StorePath,
+        mtime: Option<SystemTime>,
+        permissions: Option<u32>,
+    ) -> Result<Metadata> {
+        let _ = (path, mtime, permissions);
+        Err(Error::Unsupported { what: "directory times and permissions" })
+    }
 
     /// Starts a *ranged* upload session to `path`: the file (whose size
     /// `options` must declare) arrives as byte ranges, written by

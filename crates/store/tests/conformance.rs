@@ -76,6 +76,11 @@ use create_dir::{
     created_directories_delete_like_directories, files_in_a_created_directory,
 };
 
+/// Directories' times and permission bits (`set_dir_metadata`).
+#[path = "conformance/dirs.rs"]
+mod dirs;
+use dirs::{dir_metadata_is_kept, dir_metadata_needs_a_directory};
+
 /// The rules of ranged upload sessions: the helpers and the core rules.
 #[path = "conformance/ranged.rs"]
 mod ranged;
@@ -150,6 +155,8 @@ conformance!(
     create_dir_refuses_files_in_the_way,
     created_directories_delete_like_directories,
     files_in_a_created_directory,
+    dir_metadata_is_kept,
+    dir_metadata_needs_a_directory,
     // Ranged upload sessions (conformance/ranged.rs, conformance/ranged_limits.rs).
     ranged_round_trip,
     ranged_conflicts,

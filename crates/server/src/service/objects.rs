@@ -29,14 +29,20 @@ pub(super) async fn delete(call: Call, request: DeleteRequest) -> Result<DeleteR
     Ok(DeleteResponse {})
 }
 
-/// Creates a directory (and its parents): a write to that path.
+/// Creates a directory (and its parents): a write to that path. With a time
+/// or permission bits, sets them too, on a directory made before as well.
 pub(super) async fn make_directory(
     call: Call,
     request: MakeDirectoryRequest,
 ) -> Result<MakeDirectoryResponse, ServiceError> {
     let path = parse_path(&request.path)?;
+    let mtime = convert::mtime(request.mtime)?;
+    let permissions = convert::permissions(request.permissions)?;
     call.who.check(Permission::Write, &path)?;
-    let meta = call.ctx.store.create_dir(&path).await?;
+    let mut meta = call.ctx.store.create_dir(&path).await?;
+    if mtime.is_some() || permissions.is_some() {
+        meta = call.ctx.store.set_dir_metadata(&path, mtime, permissions).await?;
+    }
     tracing::info!(path = %path, "directory made");
     Ok(MakeDirectoryResponse { info: Some(convert::file_info(&meta)) })
 }

@@ -437,7 +437,9 @@ async fn call(
             assert_eq!(data, std::fs::read(server.root().join(target)).expect("served file"));
         }
         Rpc::MakeDirectory => {
-            let reply = raw.make_directory(request(MakeDirectoryRequest { path: target.into() }, auth)).await?;
+            let reply = raw
+                .make_directory(request(MakeDirectoryRequest { path: target.into(), ..Default::default() }, auth))
+                .await?;
             let info = reply.into_inner().info.expect("info");
             assert_eq!((info.path.as_str(), info.kind), (target, EntryKind::Directory as i32));
             assert!(server.root().join(target).is_dir(), "the directory was made");

@@ -11,6 +11,7 @@ mod atomicity;
 mod auth;
 mod bytestream;
 mod compression;
+mod dirs;
 mod faults;
 mod files;
 mod hostile;

@@ -11,7 +11,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rustix::fs::{self, AtFlags, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
@@ -211,6 +211,33 @@ impl Store for LocalStore {
                 }
                 other => other,
             })?;
+            let st = fs::fstat(&dir).map_err(|e| Error::io("reading a directory's metadata", e.into()))?;
+            Ok(resolve::metadata(path, EntryKind::Directory, &st, None))
+        })
+        .await
+    }
+
+    async fn set_dir_metadata(
+        &self,
+        path: &StorePath,
+        mtime: Option<SystemTime>,
+        permissions: Option<u32>,
+    ) -> Result<Metadata> {
+        let inner = self.inner.clone();
+        let path = path.clone();
+        blocking(move || {
+            let segments: Vec<&str> = path.segments().collect();
+            let dir = resolve::open_dir(inner.root.as_fd(), &segments, &path, Purpose::Read)?;
+            if let Some(permissions) = permissions {
+                // The server must still be able to list, create and remove in it.
+                let mode = Mode::from_raw_mode(permissions & 0o777 | 0o700);
+                fs::fchmod(&dir, mode).map_err(|e| Error::io("setting a directory's permissions", e.into()))?;
+            }
+            if let Some(mtime) = mtime {
+                let mtime = upload::to_timespec(mtime);
+                let times = fs::Timestamps { last_access: mtime, last_modification: mtime };
+                fs::futimens(&dir, &times).map_err(|e| Error::io("setting a directory's time", e.into()))?;
+            }
             let st = fs::fstat(&dir).map_err(|e| Error::io("reading a directory's metadata", e.into()))?;
             Ok(resolve::metadata(path, EntryKind::Directory, &st, None))
         })

@@ -503,7 +503,7 @@ pub(super) async fn expire(inner: Arc<Inner>, idle: Duration) -> Result<usize> {
     Ok(removed)
 }
 
-fn to_timespec(time: SystemTime) -> Timespec {
+pub(super) fn to_timespec(time: SystemTime) -> Timespec {
     match time.duration_since(UNIX_EPOCH) {
         Ok(after) => Timespec { tv_sec: after.as_secs() as i64, tv_nsec: i64::from(after.subsec_nanos()) },
         Err(before) => {

@@ -93,6 +93,17 @@ impl Fixture {
         }
     }
 
+    /// Whether directories have times and permission bits of their own. In
+    /// S3 they are key prefixes (or empty markers): `set_dir_metadata` is
+    /// `Unsupported` and their time is the epoch.
+    pub fn keeps_dir_metadata(&self) -> bool {
+        match self {
+            Fixture::Local(_) => true,
+            #[cfg(feature = "s3")]
+            Fixture::S3(_) => false,
+        }
+    }
+
     /// Whether `stat` and `list` know the SHA-256 of a file the store wrote.
     /// S3 keeps it in the file's record; the local store caches it in an
     /// extended attribute, which some filesystems do not have ("simply never

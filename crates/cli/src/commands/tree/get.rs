@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use super::{
     GROUP_ATTEMPTS, GROUP_BYTES, GROUP_FILES, RESUMABLE_FROM, Tally, groups, identical, local_relative,
-    safe_create_dirs,
+    safe_create_dirs, set_dir_metadata,
 };
 
 /// `ferry get -r REMOTE_PREFIX LOCAL_DIR`.
@@ -38,7 +38,7 @@ pub async fn get(
         bail!("{} is a symbolic link: not writing through it", local.display());
     }
     let tally = Arc::new(Tally::default());
-    let (mut small, mut large) = (Vec::new(), Vec::new());
+    let (mut small, mut large, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
     for entry in entries {
         let rel = match prefix {
             "" => Some(entry.path.as_str()),
@@ -59,9 +59,12 @@ pub async fn get(
         };
         if entry.is_dir {
             // Every directory, so empty ones are kept too.
-            if let Err(e) = safe_create_dirs(local, &rel) {
-                eprintln!("ferry: {e:#}");
-                tally.failed.fetch_add(1, Ordering::Relaxed);
+            match safe_create_dirs(local, &rel) {
+                Ok(path) => dirs.push((path, entry)),
+                Err(e) => {
+                    eprintln!("ferry: {e:#}");
+                    tally.failed.fetch_add(1, Ordering::Relaxed);
+                }
             }
         } else if entry.size >= RESUMABLE_FROM {
             large.push((entry, rel));
@@ -87,6 +90,18 @@ pub async fn get(
         });
     }
     while tasks.join_next().await.is_some() {}
+    // Last, once their entries are in place: the directories' times and
+    // permission bits, as the server lists them (a server without directory
+    // metadata lists no time: those are left as made).
+    for (path, entry) in dirs {
+        if entry.mtime.is_none() {
+            continue;
+        }
+        if let Err(e) = set_dir_metadata(&path, entry.mtime, entry.permissions) {
+            eprintln!("ferry: cannot set the time and permissions of {}: {e}", path.display());
+            tally.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
     tally.finish("downloaded", quiet)
 }
 

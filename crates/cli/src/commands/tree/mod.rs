@@ -124,6 +124,9 @@ struct LocalTree {
     files: Vec<(String, PathBuf)>,
     /// Directories with nothing to send inside (kept as empty directories).
     empty_dirs: Vec<String>,
+    /// Every directory below the top: relative path and local path, parents
+    /// before their children.
+    dirs: Vec<(String, PathBuf)>,
     /// Entries that cannot be sent (names that are not UTF-8).
     unsendable: u64,
 }
@@ -152,6 +155,7 @@ fn walk(dir: &Path, rel: &str, tree: &mut LocalTree) -> anyhow::Result<usize> {
         if kind.is_symlink() {
             eprintln!("ferry: skipping {}: symbolic links are not followed", path.display());
         } else if kind.is_dir() {
+            tree.dirs.push((child.clone(), path.clone()));
             if walk(&path, &child, tree)? == 0 {
                 tree.empty_dirs.push(child);
             }
@@ -209,6 +213,22 @@ fn local_relative(rel: &str) -> anyhow::Result<PathBuf> {
         bail!("the server named an unsafe path {rel:?}: refused");
     }
     Ok(path)
+}
+
+/// Gives the local directory `path` a time and permission bits, as a tree
+/// copy's last step (adding an entry changes a directory's time). Never
+/// through a symbolic link. The owner keeps `rwx`, as the server does, so
+/// that the same copy can run again.
+fn set_dir_metadata(path: &Path, mtime: Option<std::time::SystemTime>, permissions: u32) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    use std::os::unix::fs::PermissionsExt as _;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let dir = std::fs::File::from(rustix::fs::open(path, flags, Mode::empty())?);
+    dir.set_permissions(std::fs::Permissions::from_mode(permissions & 0o777 | 0o700))?;
+    if let Some(mtime) = mtime {
+        dir.set_modified(mtime)?;
+    }
+    Ok(())
 }
 
 /// Creates `dest/rel` directory by directory, refusing to pass through a

@@ -76,11 +76,42 @@ pub async fn put(
     }
     while tasks.join_next().await.is_some() {}
 
-    for dir in tree.empty_dirs {
+    // Last, once their entries are in place: every directory's time and
+    // permission bits (this also makes the empty ones).
+    let empty: std::collections::HashSet<String> = tree.empty_dirs.into_iter().collect();
+    let mut keeps_metadata = true;
+    for (dir, path) in tree.dirs {
         let remote = join_remote(prefix, &dir);
-        if let Err(e) = client.make_directory(&remote).await {
-            eprintln!("ferry: {}: {e:#}", local.join(&dir).display());
-            tally.failed.fetch_add(1, Ordering::Relaxed);
+        if !keeps_metadata {
+            if empty.contains(&dir)
+                && let Err(e) = client.make_directory(&remote).await
+            {
+                eprintln!("ferry: {}: {e:#}", path.display());
+                tally.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            continue;
+        }
+        let (mtime, permissions) = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => (meta.modified().ok(), Some(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()))),
+            Err(e) => {
+                eprintln!("ferry: cannot read {}: {e}", path.display());
+                tally.failed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        match client.make_directory_with(&remote, mtime, permissions).await {
+            Ok(_) => {}
+            // The directory was made; the store has nowhere to keep its metadata.
+            Err(Error::Status(status)) if status.code() == Code::Unimplemented => {
+                keeps_metadata = false;
+                if !quiet {
+                    eprintln!("ferry: note: the server's store keeps no directory times or permissions");
+                }
+            }
+            Err(e) => {
+                eprintln!("ferry: {}: {e:#}", path.display());
+                tally.failed.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
     tally.finish("uploaded", quiet)

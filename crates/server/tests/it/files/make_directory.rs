@@ -55,7 +55,7 @@ async fn make_directory_creates_nested_directories_idempotently() {
     assert_eq!(code(client.make_directory("m/f.txt/sub/deeper").await), Some(Code::FailedPrecondition));
     for invalid in ["", "../x", "/abs", "m//x", "m/./x", ".ferry", ".ferry/uploads/x", "m\\x", "a/\u{1}"] {
         let status =
-            raw.clone().make_directory(MakeDirectoryRequest { path: invalid.into() }).await;
+            raw.clone().make_directory(MakeDirectoryRequest { path: invalid.into(), ..Default::default() }).await;
         assert_eq!(status.expect_err(invalid).code(), Code::InvalidArgument, "{invalid:?}");
     }
     assert_eq!(server.snapshot(), before, "refusals change nothing");
@@ -90,7 +90,7 @@ async fn make_directory_needs_write_permission() {
     let raw = server.raw().await;
     let make = |path: &str, auth: Option<&str>| {
         let mut raw = raw.clone();
-        let request = with_auth(MakeDirectoryRequest { path: path.into() }, auth);
+        let request = with_auth(MakeDirectoryRequest { path: path.into(), ..Default::default() }, auth);
         async move { raw.make_directory(request).await.map(|r| r.into_inner()) }
     };
     assert_eq!(make("team/d", None).await.expect_err("no token").code(), Code::Unauthenticated);

@@ -1,0 +1,136 @@
+//! Directories' times and permission bits in tree copies. `put -r` sets
+//! them on the server once a directory's entries are in place, `get -r`
+//! sets them locally the same way, and the owner always keeps `rwx`. A
+//! server over S3 keeps none, says so once, and `get -r` from it leaves
+//! directories as made (never dated 1970).
+
+use std::fs::{self, Permissions};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::support::{Moto, Server};
+use super::{Env, assert_success, text, utf8};
+
+/// Relative directory, mode as made locally, mtime (seconds).
+const DIRS: [(&str, u32, i64); 5] = [
+    ("private", 0o700, 1_100_000_000),
+    ("private/inner", 0o750, 1_000_000_000),
+    ("shared", 0o755, 1_200_000_000),
+    ("empty", 0o711, 1_300_000_000),
+    // Not writable by its owner: the copies keep owner rwx, so that the
+    // same command can run again.
+    ("sealed", 0o555, 1_400_000_000),
+];
+
+/// A tree whose directories have the modes and times of [`DIRS`].
+fn build(src: &Path) {
+    for (rel, _, _) in DIRS {
+        fs::create_dir_all(src.join(rel)).unwrap();
+    }
+    fs::write(src.join("private/inner/a.txt"), b"a").unwrap();
+    fs::write(src.join("private/b.txt"), b"b").unwrap();
+    fs::write(src.join("shared/c.txt"), b"c").unwrap();
+    fs::write(src.join("sealed/d.txt"), b"d").unwrap();
+    for (rel, mode, mtime) in DIRS {
+        set(&src.join(rel), mode, mtime);
+    }
+}
+
+fn set(dir: &Path, mode: u32, mtime: i64) {
+    let mtime = UNIX_EPOCH + Duration::from_secs(mtime.try_into().unwrap());
+    fs::File::open(dir).unwrap().set_modified(mtime).unwrap();
+    fs::set_permissions(dir, Permissions::from_mode(mode)).unwrap();
+}
+
+/// `(mode & 0o777, mtime seconds)` of a directory.
+fn attributes(dir: &Path) -> (u32, i64) {
+    let meta = fs::symlink_metadata(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    assert!(meta.is_dir(), "{} is not a directory", dir.display());
+    (meta.mode() & 0o777, meta.mtime())
+}
+
+#[track_caller]
+fn assert_dirs(top: &Path, what: &str) {
+    for (rel, mode, mtime) in DIRS {
+        let expected = (mode | 0o700, mtime);
+        assert_eq!(attributes(&top.join(rel)), expected, "{what}: {rel} (mode, mtime)");
+    }
+}
+
+/// Leaves every directory writable, so that the temporary directory can go.
+fn unseal(top: &Path) {
+    if top.join("sealed").exists() {
+        fs::set_permissions(top.join("sealed"), Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+#[test]
+fn directory_times_and_modes_survive_put_r_and_get_r() {
+    let env = Env::start();
+    let src = env.local("src");
+    build(&src);
+
+    assert_success(&env.ferry(&["put", "-r", utf8(&src), "tree"]), "put -r");
+    assert_dirs(&env.root.join("tree"), "on the server after put -r");
+    // The top directory is the caller's place, not part of the copy.
+    assert_ne!(attributes(&env.root.join("tree")).1, 1_100_000_000);
+
+    let dst = env.dir.path().join("dst");
+    assert_success(&env.ferry(&["get", "-r", "tree", utf8(&dst)]), "get -r");
+    assert_dirs(&dst, "locally after get -r");
+    assert_eq!(fs::read(dst.join("sealed/d.txt")).unwrap(), b"d");
+
+    // Both again: every file skipped, the directories' attributes intact.
+    let again = env.ferry(&["put", "-r", utf8(&src), "tree"]);
+    assert_success(&again, "put -r again");
+    assert!(text(&again.stderr).contains("0 uploaded, 4 skipped"), "{}", text(&again.stderr));
+    assert_dirs(&env.root.join("tree"), "on the server after put -r again");
+    let again = env.ferry(&["get", "-r", "tree", utf8(&dst)]);
+    assert_success(&again, "get -r again");
+    assert!(text(&again.stderr).contains("0 downloaded, 4 skipped"), "{}", text(&again.stderr));
+    assert_dirs(&dst, "locally after get -r again");
+
+    unseal(&src);
+    unseal(&dst);
+}
+
+/// A directory changed after a copy is put right by the next one.
+#[test]
+fn a_second_put_r_brings_changed_directory_attributes_across() {
+    let env = Env::start();
+    let src = env.local("src");
+    build(&src);
+    assert_success(&env.ferry(&["put", "-r", utf8(&src), "tree"]), "put -r");
+    set(&src.join("shared"), 0o750, 1_500_000_000);
+    assert_success(&env.ferry(&["put", "-r", utf8(&src), "tree"]), "put -r again");
+    assert_eq!(attributes(&env.root.join("tree/shared")), (0o750, 1_500_000_000));
+    unseal(&src);
+}
+
+#[test]
+fn an_s3_server_keeps_no_directory_attributes_and_says_so() {
+    let Some(moto) = Moto::start() else { return };
+    let bucket = moto.bucket("tree-dirs");
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let server = Server::start_s3(&moto, &format!("s3://{bucket}/tree-dirs-{nanos}"));
+    let env = Env::with_server(server);
+    let src = env.local("src");
+    build(&src);
+
+    let put = env.ferry(&["put", "-r", utf8(&src), "tree"]);
+    assert_success(&put, "put -r to S3");
+    let stderr = text(&put.stderr);
+    assert_eq!(stderr.matches("keeps no directory times or permissions").count(), 1, "one note: {stderr}");
+    assert!(stderr.contains("4 uploaded, 0 skipped (identical), 0 failed"), "{stderr}");
+
+    let dst = env.dir.path().join("dst");
+    let started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert_success(&env.ferry(&["get", "-r", "tree", utf8(&dst)]), "get -r from S3");
+    // The empty directory came back, and every directory is as made now.
+    for (rel, _, _) in DIRS {
+        let (_, mtime) = attributes(&dst.join(rel));
+        assert!(mtime >= started - 5, "{rel} dated {mtime}, before the copy started");
+    }
+    unseal(&src);
+}
