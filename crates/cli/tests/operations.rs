@@ -1,7 +1,7 @@
 //! The operator's view of `ferry serve`, through the real binary: the config
 //! file, tokens made by `ferry token`, TLS from the command line, JSON logs
-//! with a request id on every line, the metrics listener, and the refusal to
-//! serve plain text beyond loopback.
+//! with a request id on every line, the metrics listener, the refusal to
+//! serve plain text beyond loopback, and the open-file limit it raises.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,11 +24,23 @@ struct Serve {
 impl Serve {
     // Every path either panics after killing and reaping the child, or hands
     // it to `Serve`, whose Drop does.
-    #[allow(clippy::zombie_processes)]
     fn start(args: &[&str], scheme: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .arg("serve")
-            .args(args)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        command.arg("serve").args(args);
+        Self::spawn(command, scheme)
+    }
+
+    /// [`Serve::start`] after the shell's `ulimit ULIMIT` (its options and value).
+    fn start_with_ulimit(ulimit: &str, args: &[&str]) -> Self {
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(format!("ulimit {ulimit} && exec \"$0\" serve \"$@\"")).arg(env!("CARGO_BIN_EXE_ferry"));
+        command.args(args);
+        Self::spawn(command, "http")
+    }
+
+    #[allow(clippy::zombie_processes)]
+    fn spawn(mut command: Command, scheme: &str) -> Self {
+        let mut child = command
             .env_remove("FERRY_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -279,4 +291,36 @@ fn the_metrics_listener_serves_prometheus_text() {
     assert!(value("ferry_transfer_bytes_total{direction=\"upload\"}") >= 1_500_000.0);
     assert!(value("ferry_storage_free_bytes") > 0.0);
     assert_eq!(value("ferry_upload_sessions"), 0.0);
+}
+
+/// `(soft, hard)` "Max open files" of a running process.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read /proc/PID/limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("a Max open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].to_owned(), fields[4].to_owned())
+}
+
+#[test]
+fn serve_raises_its_open_file_limit_to_the_hard_limit() {
+    let root = tempfile::tempdir().unwrap();
+    let serve =
+        Serve::start_with_ulimit("-S -n 256", &["--listen", "127.0.0.1:0", "--root", root.path().to_str().unwrap()]);
+    let (soft, hard) = open_file_limits(serve.child.id());
+    assert_ne!(soft, "256", "the soft limit was not raised");
+    assert_eq!(soft, hard, "the soft limit is raised to the hard one");
+    let logs = serve.stop();
+    assert!(!logs.contains("open-file limit"), "no warning when the hard limit leaves room: {logs}");
+}
+
+#[test]
+fn serve_warns_when_the_hard_open_file_limit_is_below_its_connection_limit() {
+    let root = tempfile::tempdir().unwrap();
+    let serve =
+        Serve::start_with_ulimit("-n 512", &["--listen", "127.0.0.1:0", "--root", root.path().to_str().unwrap()]);
+    // Still serves.
+    let listed = ferry(&serve.url, &["ls"], &[]);
+    assert_eq!(code(&listed), 0, "{}", stderr(&listed));
+    let logs = serve.stop();
+    assert!(logs.contains("open-file limit is below the connection limit"), "{logs}");
 }

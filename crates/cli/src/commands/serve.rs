@@ -20,6 +20,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let settings = config::resolve(args, file).context(BadSettings)?;
     init_logging(settings.log_format);
+    raise_open_file_limit(settings.server.limits.max_connections);
     let (store, location): (Arc<dyn ferry_store::Store>, String) = match &settings.storage {
         Storage::Local(root) => {
             let options = LocalOptions { read_chunk: settings.chunk_size };
@@ -70,6 +71,39 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _ = stop_metrics.send(());
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit, as Go's runtime
+/// does for its servers. The soft limit is 1024 on many systems, which is
+/// also the default connection limit: without this, a busy server would run
+/// out of descriptors (every connection, upload and batched file holds one)
+/// before reaching its own limits, and fail accepts with EMFILE.
+fn raise_open_file_limit(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = match (limit.current, limit.maximum) {
+        (Some(current), maximum) if maximum.is_none_or(|maximum| maximum > current) => {
+            let wanted = rustix::process::Rlimit { current: maximum, maximum };
+            match setrlimit(Resource::Nofile, wanted) {
+                Ok(()) => maximum,
+                Err(error) => {
+                    tracing::warn!(%error, "could not raise the open-file limit");
+                    Some(current)
+                }
+            }
+        }
+        (current, _) => current,
+    };
+    // Room for the connections plus files being written and read.
+    let needed = max_connections as u64 + 256;
+    match raised {
+        Some(open_files) if open_files < needed => tracing::warn!(
+            open_files,
+            max_connections,
+            "the open-file limit is below the connection limit plus working room: raise `ulimit -n` (hard) or lower max_connections"
+        ),
+        open_files => tracing::debug!(?open_files, "open-file limit"),
+    }
 }
 
 /// Registers the Ctrl-C and SIGTERM handlers now, and returns a future that
