@@ -81,7 +81,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(options.tcp_keepalive));
-    let incoming = connections::limited(incoming, options.limits.max_connections, options.metrics.clone());
+    let (incoming, refused) = connections::limited(incoming, options.limits.max_connections, options.metrics.clone());
+    let refusals =
+        tokio::spawn(connections::serve_refusals(refused, options.tls.as_ref().map(|tls| tls.server_config())));
+    let _stop_refusals = AbortOnDrop(refusals);
     let admission = Admission::new(options.limits.clone(), store.clone(), options.metrics.clone()).await?;
     let mtls = options.tls.as_ref().is_some_and(|tls| tls.client_ca_pem.is_some());
     let context = Arc::new(service::Context::new(

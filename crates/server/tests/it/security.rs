@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use ferry_client::{Client, ClientOptions, Code, TlsSettings};
+use ferry_server::limits::Limits;
 use ferry_server::{AuthOptions, Grant, Permission, Scope, ServerOptions, TlsOptions};
 use rcgen::string::Ia5String;
 use rcgen::{
@@ -339,4 +340,23 @@ async fn a_stalled_tls_handshake_is_dropped_at_the_deadline() {
     // The served connection outlives the handshake deadline.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(download_bytes(&client, "deadline/file.bin").await.unwrap(), random_bytes(300 * 1024 + 7, 4));
+}
+
+/// Past the connection limit, a TLS client is still answered in words:
+/// the handshake completes and its call gets UNAVAILABLE, at the limit.
+#[tokio::test]
+async fn a_tls_client_past_the_connection_limit_is_told_why() {
+    let ca = Ca::new("ferry test CA");
+    let mut options = tls_options(&ca, None);
+    options.limits = Limits { max_connections: 1, ..Limits::default() };
+    let server = TestServer::start_with(options).await;
+    let first = server.client_with(client_options(Some(&ca), None)).await.expect("the first client");
+    round_trip(&first, "tls/first.bin", 3).await;
+
+    let second = server.client_with(client_options(Some(&ca), None)).await.expect("the second client connects");
+    let refused = second.stat("tls/first.bin").await.expect_err("past the limit");
+    let ferry_client::Error::Status(status) = refused else { panic!("expected a status, got {refused:?}") };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("connection limit (1)"), "{status:?}");
+    round_trip(&first, "tls/still.bin", 4).await;
 }
