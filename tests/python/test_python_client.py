@@ -369,6 +369,62 @@ def test_a_download_that_does_not_match_its_digest_is_not_kept(client, tmp_path,
     assert os.listdir(tmp_path / "out") == []
 
 
+# -- refusals: busy (retried as told) and final (not retried) -------------------
+
+
+def test_a_busy_refusal_is_retried_as_told_and_a_final_one_is_not(tmp_path):
+    server = ServerProcess(tmp_path / "root", "--max-concurrent-uploads", "1", "--quota", str(MiB))
+    try:
+        with Client(server.address) as client:
+            stub = client._stub  # the raw stub: to hold the only upload slot open
+            release = threading.Event()
+
+            def held():
+                yield ferry_client._proto.UploadRequest(header=ferry_client._proto.UploadHeader(path="held.bin"))
+                release.wait(30)
+                yield ferry_client._proto.UploadRequest(finish=ferry_client._proto.UploadFinish())
+
+            holding = stub.Upload.future(held())
+            # Busy: a second upload stream is refused with advice to retry in half a second.
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    stub.Upload(iter([ferry_client._proto.UploadRequest(
+                        header=ferry_client._proto.UploadHeader(path="probe.bin"))]))
+                except grpc.RpcError as e:
+                    if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        assert ferry_client._client._retry_after(e) == 0.5, e
+                        break
+                assert time.monotonic() < deadline, "the held upload never took the slot"
+                time.sleep(0.05)
+
+            # A resumable upload meanwhile waits, retries as told, and lands once the slot frees.
+            small = tmp_path / "small.bin"
+            small.write_bytes(b"small")
+            result = {}
+            uploading = threading.Thread(target=lambda: result.update(info=client.upload(small, "small.bin")))
+            uploading.start()
+            time.sleep(1.0)
+            release.set()
+            holding.result(timeout=30)
+            uploading.join(timeout=30)
+            assert result["info"].size == 5
+
+            # Final: a session whose file no longer fits the quota (filled after it
+            # was created) is refused at once: a FerryError, not the UploadInterrupted
+            # that retrying until the attempts run out would end with.
+            part = write_random(tmp_path / "part.bin", 600 * 1024)
+            upload_id = client.create_upload(part, "part.bin")
+            client.upload(write_random(tmp_path / "filler.bin", 600 * 1024), "filler.bin", resumable=False)
+            with pytest.raises(FerryError) as refused:
+                client.resume(upload_id, part)
+            assert not isinstance(refused.value, ferry_client.UploadInterrupted), refused.value
+            assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "quota" in str(refused.value)
+    finally:
+        server.stop()
+
+
 # -- credentials and TLS ----------------------------------------------------------
 
 

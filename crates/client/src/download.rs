@@ -171,7 +171,7 @@ impl Client {
                 Ok(file) => return Ok(file),
                 Err(e) if is_transient(&e) && failures < policy.max_attempts_without_progress => {
                     failures += 1;
-                    tokio::time::sleep(backoff(policy, failures)).await;
+                    tokio::time::sleep(backoff(policy, failures, &e)).await;
                 }
                 Err(e) => return Err(e),
             }

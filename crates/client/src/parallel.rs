@@ -143,7 +143,7 @@ impl PieceWorker {
                 }
                 Err(e) if is_transient(&e) && failures < self.policy.max_attempts_without_progress => {
                     failures += 1;
-                    tokio::time::sleep(backoff(&self.policy, failures)).await;
+                    tokio::time::sleep(backoff(&self.policy, failures, &e)).await;
                 }
                 Err(e) => return Err(e),
             }

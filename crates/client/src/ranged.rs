@@ -260,7 +260,7 @@ impl PieceSender {
                 Ok(()) => return Ok(()),
                 Err(e) if is_transient(&e) && failures < self.policy.max_attempts_without_progress => {
                     failures += 1;
-                    tokio::time::sleep(backoff(&self.policy, failures)).await;
+                    tokio::time::sleep(backoff(&self.policy, failures, &e)).await;
                     if let Ok(state) = self.client.query_upload(&self.upload_id).await
                         && state.ranges.iter().flatten().any(|r| r.start <= piece.start && piece.end <= r.end)
                     {
@@ -290,7 +290,7 @@ async fn commit(client: &Client, upload_id: &str, digest: &str, policy: &RetryPo
             }
             Err(e) if is_transient(&e) && failures < policy.max_attempts_without_progress => {
                 failures += 1;
-                tokio::time::sleep(backoff(policy, failures)).await;
+                tokio::time::sleep(backoff(policy, failures, &e)).await;
             }
             Err(e) => return Err(e),
         }

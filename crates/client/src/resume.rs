@@ -144,7 +144,7 @@ impl Client {
                 },
                 Err(e) if is_transient(&e) && failures < policy.max_attempts_without_progress => {
                     failures += 1;
-                    tokio::time::sleep(backoff(policy, failures)).await;
+                    tokio::time::sleep(backoff(policy, failures, &e)).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -353,31 +353,39 @@ impl std::io::Write for HashWriter<'_> {
 }
 
 /// Failures a retry can cure: the connection, the server's availability, a
-/// stream preempted or cut short. Not: bad input, missing sessions, refusals.
+/// stream preempted or cut short, a limit the server says lifts soon. Not:
+/// bad input, missing sessions, refusals, limits that waiting does not lift.
 pub(crate) fn is_transient(error: &Error) -> bool {
     match error {
         Error::Connect { .. } => true,
-        Error::Status(status) => {
-            matches!(
-                status.code(),
-                Code::Unavailable
-                    | Code::Unknown
-                    | Code::Aborted
-                    | Code::DeadlineExceeded
-                    | Code::Cancelled
-                    | Code::ResourceExhausted
-            ) || (status.code() == Code::Internal && std::error::Error::source(status).is_some())
-        }
+        Error::Status(status) => match status.code() {
+            Code::Unavailable | Code::Unknown | Code::Aborted | Code::DeadlineExceeded | Code::Cancelled => true,
+            // Busy (slots, request rate) when the server says when to come
+            // back; otherwise a file size, quota or full disk: final.
+            Code::ResourceExhausted => retry_after(status).is_some(),
+            Code::Internal => std::error::Error::source(status).is_some(),
+            _ => false,
+        },
         Error::Protocol(_) => true,
         _ => false,
     }
 }
 
-/// Exponential backoff with jitter: half the step, plus up to another half.
-pub(crate) fn backoff(policy: &RetryPolicy, failures: u32) -> Duration {
+/// When the server said to retry (a `google.rpc.RetryInfo` detail).
+pub(crate) fn retry_after(status: &tonic::Status) -> Option<Duration> {
+    tonic_types::StatusExt::get_details_retry_info(status).map(|info| info.retry_delay.unwrap_or_default())
+}
+
+/// Exponential backoff with jitter (half the step, plus up to another
+/// half), and never sooner than the server asked.
+pub(crate) fn backoff(policy: &RetryPolicy, failures: u32, error: &Error) -> Duration {
     let step = policy.initial_backoff.saturating_mul(1 << failures.min(16)).min(policy.max_backoff);
     let jitter = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) % 1000;
-    step / 2 + step / 2 * jitter / 1000
+    let wait = step / 2 + step / 2 * jitter / 1000;
+    match error {
+        Error::Status(status) => wait.max(retry_after(status).unwrap_or_default().min(policy.max_backoff)),
+        _ => wait,
+    }
 }
 
 /// The committed offset an ABORTED status carries, if any.

@@ -232,12 +232,15 @@ impl Principal {
     /// Counts one call against the caller's request rate.
     pub fn admit_call(&self) -> Result<(), ServiceError> {
         match &self.rate {
-            Some(rate) if !rate.try_acquire() => Err(ServiceError::Exhausted(format!(
-                "'{}' is over its limit of {} requests per second",
-                self.name,
-                rate.per_second_limit()
-            ))),
-            _ => Ok(()),
+            Some(rate) => rate.acquire().map_err(|retry_after| ServiceError::Busy {
+                message: format!(
+                    "'{}' is over its limit of {} requests per second",
+                    self.name,
+                    rate.per_second_limit()
+                ),
+                retry_after,
+            }),
+            None => Ok(()),
         }
     }
 

@@ -6,7 +6,9 @@
 //! checked as they grow: size and quota at every chunk, the free-space
 //! reserve every [`SPACE_CHECK_STEP`] (so they may dip into the reserve by
 //! at most one step). Every refusal is RESOURCE_EXHAUSTED
-//! with a message saying which limit, and nothing is left behind.
+//! with a message saying which limit, and nothing is left behind; a busy
+//! slot's refusal also says when to retry (`ServiceError::Busy`), the
+//! others are final.
 //!
 //! The quota counts the bytes of committed files plus the bytes that
 //! transfers in flight have reserved. It is measured by walking the store at
@@ -24,6 +26,11 @@ use crate::metrics::{Direction, Metrics, TransferGauge};
 use crate::status::ServiceError;
 
 /// How often (in bytes) an upload of unknown size re-checks free space.
+/// When a client refused for a full transfer slot is told to try again: a
+/// small file's transfer takes about this long here, a big one longer (and
+/// clients back off further on their own).
+const BUSY_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub const SPACE_CHECK_STEP: u64 = 64 * 1024 * 1024;
 
 /// Configurable limits. The defaults suit a single server on a few cores:
@@ -93,11 +100,12 @@ impl Admission {
     /// A slot for an upload stream that will write `remaining` more bytes
     /// (if known) to a file that will be `total` bytes long (if known).
     pub async fn admit_upload(&self, total: Option<u64>, remaining: Option<u64>) -> Result<UploadTicket, ServiceError> {
-        let permit = self.uploads.clone().try_acquire_owned().map_err(|_| {
-            ServiceError::Exhausted(format!(
+        let permit = self.uploads.clone().try_acquire_owned().map_err(|_| ServiceError::Busy {
+            message: format!(
                 "the server is running its limit of {} uploads at once; retry later",
                 self.limits.max_concurrent_uploads
-            ))
+            ),
+            retry_after: BUSY_RETRY_AFTER,
         })?;
         if let Some(total) = total {
             self.check_file_size(total)?;
@@ -136,11 +144,12 @@ impl Admission {
     }
 
     pub fn admit_download(&self) -> Result<DownloadTicket, ServiceError> {
-        let permit = self.downloads.clone().try_acquire_owned().map_err(|_| {
-            ServiceError::Exhausted(format!(
+        let permit = self.downloads.clone().try_acquire_owned().map_err(|_| ServiceError::Busy {
+            message: format!(
                 "the server is running its limit of {} downloads at once; retry later",
                 self.limits.max_concurrent_downloads
-            ))
+            ),
+            retry_after: BUSY_RETRY_AFTER,
         })?;
         Ok(DownloadTicket { _permit: permit, _active: self.metrics.transfer_started(Direction::Download) })
     }

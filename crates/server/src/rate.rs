@@ -21,8 +21,9 @@ impl Bucket {
     }
 
     /// Takes `amount` (the level may go negative: a debt that later calls
-    /// wait out) and returns how long the caller should wait for its share.
-    fn take(&self, amount: f64, allow_debt: bool) -> Option<Duration> {
+    /// wait out) and returns how long the caller should wait for its share;
+    /// or, without debt and short of `amount`, how long until it would fit.
+    fn take(&self, amount: f64, allow_debt: bool) -> Result<Duration, Duration> {
         // A poisoned lock only means another caller panicked mid-update; the
         // numbers are still usable.
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -33,10 +34,10 @@ impl Bucket {
             let left = level - amount;
             *state = (left, now);
             let wait = if left < 0.0 { Duration::from_secs_f64(-left / self.rate) } else { Duration::ZERO };
-            Some(wait)
+            Ok(wait)
         } else {
             *state = (level, now);
-            None
+            Err(Duration::from_secs_f64((amount - level) / self.rate))
         }
     }
 }
@@ -53,9 +54,9 @@ impl RateLimiter {
         Self { bucket: Bucket::new(rate, rate.max(1.0)) }
     }
 
-    /// Whether one more call fits now.
-    pub fn try_acquire(&self) -> bool {
-        self.bucket.take(1.0, false).is_some()
+    /// One more call now, or how long until one would fit.
+    pub fn acquire(&self) -> Result<(), Duration> {
+        self.bucket.take(1.0, false).map(|_| ())
     }
 
     pub fn per_second_limit(&self) -> f64 {
@@ -79,7 +80,7 @@ impl Throttle {
     }
 
     pub async fn consume(&self, bytes: u64) {
-        if let Some(wait) = self.bucket.take(bytes as f64, true)
+        if let Ok(wait) = self.bucket.take(bytes as f64, true)
             && !wait.is_zero()
         {
             tokio::time::sleep(wait).await;
@@ -94,8 +95,10 @@ mod tests {
     #[test]
     fn a_rate_allows_its_burst_then_refuses() {
         let limiter = RateLimiter::per_second(3.0);
-        assert!((0..3).all(|_| limiter.try_acquire()));
-        assert!(!limiter.try_acquire());
+        assert!((0..3).all(|_| limiter.acquire().is_ok()));
+        // Refused, and told when the next call fits: a third of a second at 3/s.
+        let wait = limiter.acquire().expect_err("past the burst");
+        assert!(!wait.is_zero() && wait <= Duration::from_millis(334), "{wait:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -29,9 +29,15 @@ pub enum ServiceError {
     /// A known caller, outside its scopes.
     #[error("{0}")]
     PermissionDenied(String),
-    /// A limit: file size, quota, free space, concurrency, request rate.
+    /// A limit that will not lift by waiting a moment: file size, quota,
+    /// free space, a full disk. RESOURCE_EXHAUSTED without retry advice.
     #[error("{0}")]
     Exhausted(String),
+    /// A limit that lifts soon: uploads or downloads at once, the caller's
+    /// request rate. RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` detail
+    /// saying when to try again, which is how clients tell the two apart.
+    #[error("{message}")]
+    Busy { message: String, retry_after: std::time::Duration },
     /// An offset outside what exists (ByteStream's negative or too-far offsets).
     #[error("{0}")]
     OutOfRange(String),
@@ -59,7 +65,7 @@ impl ServiceError {
             ServiceError::Incomplete { .. } => Code::Aborted,
             ServiceError::Unauthenticated(_) => Code::Unauthenticated,
             ServiceError::PermissionDenied(_) => Code::PermissionDenied,
-            ServiceError::Exhausted(_) => Code::ResourceExhausted,
+            ServiceError::Exhausted(_) | ServiceError::Busy { .. } => Code::ResourceExhausted,
             ServiceError::OutOfRange(_) => Code::OutOfRange,
         }
     }
@@ -89,6 +95,11 @@ impl ServiceError {
                     status.metadata_mut().insert(COMMITTED_OFFSET_TRAILER, value);
                 }
                 status
+            }
+            ServiceError::Busy { message, retry_after } => {
+                tracing::info!(request_id, ?retry_after, error = %message, "request refused for now");
+                let advice = tonic_types::ErrorDetails::with_retry_info(Some(retry_after));
+                <Status as tonic_types::StatusExt>::with_error_details(code, message, advice)
             }
             other => {
                 // Info, not debug: refusals (authentication above all) are

@@ -16,6 +16,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 from . import _proto as pb
 from .errors import FerryError, IntegrityError, UploadInterrupted, from_rpc_error
@@ -33,7 +35,10 @@ MAX_CHUNK_SIZE = 4 * 1024 * 1024
 COMMITTED_OFFSET_TRAILER = "ferry-committed-offset"
 
 #: Codes a resumable upload retries (as the Rust client does): the connection,
-#: the server's availability, a stream preempted or cut short, a busy server.
+#: the server's availability, a stream preempted or cut short. RESOURCE_EXHAUSTED
+#: is retried too when the server says when to come back (a busy slot or request
+#: rate, with a ``google.rpc.RetryInfo`` detail), and not otherwise (a file size,
+#: quota or full disk, which waiting does not lift).
 TRANSIENT_CODES = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -41,7 +46,6 @@ TRANSIENT_CODES = frozenset(
         grpc.StatusCode.ABORTED,
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
 
@@ -427,7 +431,7 @@ class Client:
                 if code == grpc.StatusCode.NOT_FOUND and remote_path is not None:
                     # The session ended: another stream may have committed it.
                     return self._committed_elsewhere(local, remote_path, snapshots, e)
-                if code not in TRANSIENT_CODES:
+                if not _is_transient(e):
                     raise from_rpc_error(e) from e
                 if mark is None or best > mark:
                     failures, mark = 0, best
@@ -441,7 +445,8 @@ class Client:
                     ) from e
                 if code == grpc.StatusCode.ABORTED:
                     next_offset = _trailer_offset(e)
-                time.sleep(_backoff(self.initial_backoff, self.max_backoff, failures))
+                wait = _backoff(self.initial_backoff, self.max_backoff, failures)
+                time.sleep(max(wait, min(_retry_after(e) or 0.0, self.max_backoff)))
 
     def _query_raw(self, upload_id: str) -> UploadStatus:
         """QueryUpload, letting grpc.RpcError through (for the retry loop)."""
@@ -648,6 +653,33 @@ def _trailer_offset(error: BaseException) -> Optional[int]:
             except ValueError:
                 return None
     return None
+
+
+def _retry_after(error: BaseException) -> Optional[float]:
+    """Seconds the server asked to wait before retrying (a ``google.rpc.RetryInfo``
+    detail in the status), or None if it gave no such advice."""
+    method = getattr(error, "trailing_metadata", None)
+    trailers: Any = method() if callable(method) else None
+    for key, value in trailers or ():
+        if key != "grpc-status-details-bin":
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            return None
+        for detail in status.details:
+            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info = error_details_pb2.RetryInfo()
+                detail.Unpack(info)
+                return float(info.retry_delay.ToTimedelta().total_seconds())
+    return None
+
+
+def _is_transient(error: BaseException) -> bool:
+    code = _code(error)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return _retry_after(error) is not None
+    return code in TRANSIENT_CODES
 
 
 def _backoff(initial: float, maximum: float, failures: int) -> float:

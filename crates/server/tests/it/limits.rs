@@ -26,12 +26,33 @@ fn with_limits(limits: Limits) -> ServerOptions {
     ServerOptions { limits, ..ServerOptions::default() }
 }
 
-/// The message of a RESOURCE_EXHAUSTED error; anything else fails the test.
+/// The message of a final RESOURCE_EXHAUSTED error (a limit that waiting
+/// does not lift: no retry advice); anything else fails the test.
 #[track_caller]
 fn exhausted<T: std::fmt::Debug>(result: Result<T, ferry_client::Error>, what: &str) -> String {
+    let (message, retry) = refusal(result, what);
+    assert_eq!(retry, None, "{what}: a final refusal carries no retry advice");
+    message
+}
+
+/// The message of a RESOURCE_EXHAUSTED error that says when to retry (a
+/// busy slot), whose `RetryInfo` must say half a second.
+#[track_caller]
+fn busy<T: std::fmt::Debug>(result: Result<T, ferry_client::Error>, what: &str) -> String {
+    let (message, retry) = refusal(result, what);
+    assert_eq!(retry, Some(std::time::Duration::from_millis(500)), "{what}: retry advice");
+    message
+}
+
+#[track_caller]
+fn refusal<T: std::fmt::Debug>(
+    result: Result<T, ferry_client::Error>,
+    what: &str,
+) -> (String, Option<std::time::Duration>) {
     match result {
         Err(ferry_client::Error::Status(status)) if status.code() == Code::ResourceExhausted => {
-            status.message().to_owned()
+            let retry = tonic_types::StatusExt::get_details_retry_info(&status).and_then(|info| info.retry_delay);
+            (status.message().to_owned(), retry)
         }
         other => panic!("{what}: expected RESOURCE_EXHAUSTED, got {other:?}"),
     }
@@ -287,9 +308,9 @@ async fn concurrent_upload_slots_are_held_and_released() {
     let first = Held::open(&raw, "held/1.bin");
     let second = Held::open(&raw, "held/2.bin");
     assert_eq!(staged(&server, 2).await, 2, "both held uploads are admitted");
-    let message = exhausted(upload_bytes(&client, "third.bin", b"third").await, "a third upload");
+    let message = busy(upload_bytes(&client, "third.bin", b"third").await, "a third upload");
     assert!(message.contains("2 uploads"), "the message names the limit: {message}");
-    exhausted(upload_unsized(&client, "third.bin", b"third").await, "a third upload of unknown size");
+    busy(upload_unsized(&client, "third.bin", b"third").await, "a third upload of unknown size");
     assert_eq!(staged(&server, 2).await, 2, "the refusal staged nothing");
     assert!(client.stat("third.bin").await.is_err());
     // Other calls take no upload slot: downloads and listings go on.
@@ -309,7 +330,7 @@ async fn concurrent_upload_slots_are_held_and_released() {
     let third = Held::open(&raw, "held/3.bin");
     let fourth = Held::open(&raw, "held/4.bin");
     assert_eq!(staged(&server, 2).await, 2, "two uploads are admitted again");
-    exhausted(upload_bytes(&client, "fifth.bin", b"fifth").await, "a third upload, again");
+    busy(upload_bytes(&client, "fifth.bin", b"fifth").await, "a third upload, again");
     third.finish(b"3").await.expect("third commits");
     fourth.finish(b"4").await.expect("fourth commits");
     assert!(server.staging_drains().await);
@@ -332,7 +353,7 @@ async fn concurrent_download_slot_is_held_by_an_unread_stream() {
     let request = DownloadRequest { path: "big.bin".into(), offset: 0, length: None };
     let held = raw.download(request).await.expect("the first download is admitted").into_inner();
     // Admitted: the slot was taken before the response headers were sent.
-    let message = exhausted(download_bytes(&client, "big.bin").await, "a second download");
+    let message = busy(download_bytes(&client, "big.bin").await, "a second download");
     assert!(message.contains("1 downloads"), "the message names the limit: {message}");
     // Everything else goes on: uploads have their own slots.
     still_serves_without_download(&client).await;
@@ -463,4 +484,51 @@ async fn http2_stream_cap_queues_streams_on_one_connection() {
     }
     assert!(server.staging_drains().await);
     still_serves(&server, "streams").await;
+}
+
+/// The Rust client retries a refusal that says when to come back (a busy
+/// upload slot) after at least that long, and gives up at once on one that
+/// does not (a quota): it used to retry both, eight times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_retries_busy_refusals_and_not_final_ones() {
+    let limits = Limits { quota_bytes: Some(MIB as u64), max_concurrent_uploads: 1, ..Limits::default() };
+    let server = TestServer::start_with(with_limits(limits)).await;
+    let client = server.client().await;
+    let raw = server.raw().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = ferry_client::RetryPolicy::default();
+    let refused = |text: &str, code: &str| {
+        let series = format!("ferry_requests_total{{method=\"/ferry.v1.Ferry/UploadSession\",code=\"{code}\"}}");
+        sample(text, &series).unwrap_or(0.0)
+    };
+
+    // Final: a file of unknown size growing past the quota.
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, random_bytes(2 * MIB, 5)).expect("write");
+    let id = client.create_upload("big.bin", &UploadOptions::default()).await.expect("CreateUpload");
+    let error = client.upload_file_resumable(&big, &id, &policy, |_| {}).await.expect_err("over the quota");
+    assert_eq!(error.code(), Some(Code::ResourceExhausted), "{error}");
+    assert!(!error.is_transient(), "a quota refusal is final");
+    assert_eq!(refused(&render(&server).await, "RESOURCE_EXHAUSTED"), 1.0, "refused once, not retried");
+    client.abort_upload(&id).await.expect("abort");
+
+    // Busy: the only upload slot is held; the client waits and succeeds once it frees.
+    let small = dir.path().join("small.bin");
+    std::fs::write(&small, b"small").expect("write");
+    let held = Held::open(&raw, "held.bin");
+    assert_eq!(staged(&server, 1).await, 1, "the held upload is admitted");
+    let id = client.create_upload("small.bin", &UploadOptions::default()).await.expect("CreateUpload");
+    let waiting = {
+        let (client, small, policy) = (client.clone(), small.clone(), policy.clone());
+        tokio::spawn(async move { client.upload_file_resumable(&small, &id, &policy, |_| {}).await })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while refused(&render(&server).await, "RESOURCE_EXHAUSTED") < 2.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the second upload was never refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    held.finish(b"held").await.expect("the held upload commits");
+    let stored = waiting.await.expect("task").expect("the busy upload is retried and lands");
+    assert_eq!(stored.size, 5);
+    assert_eq!(download_bytes(&client, "small.bin").await.expect("download"), b"small");
 }
