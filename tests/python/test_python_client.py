@@ -385,18 +385,19 @@ def test_a_busy_refusal_is_retried_as_told_and_a_final_one_is_not(tmp_path):
                 yield ferry_client._proto.UploadRequest(finish=ferry_client._proto.UploadFinish())
 
             holding = stub.Upload.future(held())
-            # Busy: a second upload stream is refused with advice to retry in half a second.
+            # Admitted once its upload is staged (a probe sent earlier could take the slot instead).
+            staging = tmp_path / "root" / ".ferry" / "uploads"
             deadline = time.monotonic() + 10
-            while True:
-                try:
-                    stub.Upload(iter([ferry_client._proto.UploadRequest(
-                        header=ferry_client._proto.UploadHeader(path="probe.bin"))]))
-                except grpc.RpcError as e:
-                    if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        assert ferry_client._client._retry_after(e) == 0.5, e
-                        break
-                assert time.monotonic() < deadline, "the held upload never took the slot"
-                time.sleep(0.05)
+            while not (staging.is_dir() and any(staging.iterdir())):
+                assert not holding.done(), f"the held upload ended: {holding.exception()}"
+                assert time.monotonic() < deadline, "the held upload was never admitted"
+                time.sleep(0.02)
+            # Busy: a second upload stream is refused with advice to retry in half a second.
+            with pytest.raises(grpc.RpcError) as busy:
+                stub.Upload(iter([ferry_client._proto.UploadRequest(
+                    header=ferry_client._proto.UploadHeader(path="probe.bin"))]))
+            assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, busy.value
+            assert ferry_client._client._retry_after(busy.value) == 0.5, busy.value
 
             # A resumable upload meanwhile waits, retries as told, and lands once the slot frees.
             small = tmp_path / "small.bin"
