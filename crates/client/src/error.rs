@@ -38,6 +38,15 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         crate::resume::is_transient(self)
     }
+
+    /// How long the server asked the client to wait before retrying (a
+    /// `google.rpc.RetryInfo` detail on a busy refusal), if it said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Status(status) => crate::resume::retry_after(status),
+            _ => None,
+        }
+    }
 }
 
 // Not `#[from]`: that would also make the status the error's `source()`, and

@@ -1,8 +1,9 @@
 //! Directories' times and permission bits in tree copies. `put -r` sets
 //! them on the server once a directory's entries are in place, `get -r`
-//! sets them locally the same way, and the owner always keeps `rwx`. A
-//! server over S3 keeps none, says so once, and `get -r` from it leaves
-//! directories as made (never dated 1970).
+//! sets them locally the same way (on directories it made, and on ones that
+//! were there only with `-f`), and the owner always keeps `rwx`. A server
+//! over S3 keeps none, says so once, and `get -r` from it leaves directories
+//! as made (never dated 1970).
 
 use std::fs::{self, Permissions};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -13,9 +14,12 @@ use super::support::{Moto, Server};
 use super::{Env, assert_success, text, utf8};
 
 /// Relative directory, mode as made locally, mtime (seconds).
-const DIRS: [(&str, u32, i64); 5] = [
+const DIRS: [(&str, u32, i64); 6] = [
     ("private", 0o700, 1_100_000_000),
     ("private/inner", 0o750, 1_000_000_000),
+    // Empty, inside a directory with a file: making it on the far side must
+    // not disturb its parent's time once that is set.
+    ("private/inner/hollow", 0o700, 1_050_000_000),
     ("shared", 0o755, 1_200_000_000),
     ("empty", 0o711, 1_300_000_000),
     // Not writable by its owner: the copies keep owner rwx, so that the
@@ -91,6 +95,31 @@ fn directory_times_and_modes_survive_put_r_and_get_r() {
     assert!(text(&again.stderr).contains("0 downloaded, 4 skipped"), "{}", text(&again.stderr));
     assert_dirs(&dst, "locally after get -r again");
 
+    unseal(&src);
+    unseal(&dst);
+}
+
+/// `get -r` leaves the time and bits of a directory that was already there
+/// alone (a server must not loosen `~/.ssh` by listing it), unless `-f`.
+#[test]
+fn get_r_changes_an_existing_directory_only_with_force() {
+    let env = Env::start();
+    let src = env.local("src");
+    build(&src);
+    assert_success(&env.ferry(&["put", "-r", utf8(&src), "tree"]), "put -r");
+
+    let dst = env.dir.path().join("dst");
+    fs::create_dir_all(dst.join("shared")).unwrap();
+    set(&dst.join("shared"), 0o700, 1_600_000_000);
+    assert_success(&env.ferry(&["get", "-r", "tree", utf8(&dst)]), "get -r");
+    // Its bits stay; its time is the time a file was added to it, not the server's.
+    let (mode, mtime) = attributes(&dst.join("shared"));
+    assert_eq!(mode, 0o700, "an existing directory keeps its bits");
+    assert_ne!(mtime, 1_200_000_000, "an existing directory does not get the server's time");
+    assert_eq!(attributes(&dst.join("private")), (0o700, 1_100_000_000), "a directory it made is set");
+
+    assert_success(&env.ferry(&["get", "-r", "-f", "tree", utf8(&dst)]), "get -r -f");
+    assert_eq!(attributes(&dst.join("shared")), (0o755, 1_200_000_000), "with -f, as the server lists it");
     unseal(&src);
     unseal(&dst);
 }

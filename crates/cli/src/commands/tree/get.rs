@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ferry_client::{Client, DownloadTarget, Error, Range, RemoteFile};
@@ -12,7 +11,7 @@ use tokio::task::JoinSet;
 
 use super::{
     GROUP_ATTEMPTS, GROUP_BYTES, GROUP_FILES, RESUMABLE_FROM, Tally, groups, identical, local_relative,
-    safe_create_dirs, set_dir_metadata,
+    dirs, retry_wait, safe_create_dirs,
 };
 
 /// `ferry get -r REMOTE_PREFIX LOCAL_DIR`.
@@ -38,7 +37,7 @@ pub async fn get(
         bail!("{} is a symbolic link: not writing through it", local.display());
     }
     let tally = Arc::new(Tally::default());
-    let (mut small, mut large, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut small, mut large, mut listed_dirs) = (Vec::new(), Vec::new(), Vec::new());
     for entry in entries {
         let rel = match prefix {
             "" => Some(entry.path.as_str()),
@@ -58,9 +57,13 @@ pub async fn get(
             }
         };
         if entry.is_dir {
-            // Every directory, so empty ones are kept too.
+            // Every directory, so empty ones are kept too. Listed parents
+            // come first, so one found here was there before this run: its
+            // time and bits are changed only with -f.
+            let existed = std::fs::symlink_metadata(local.join(&rel)).is_ok();
             match safe_create_dirs(local, &rel) {
-                Ok(path) => dirs.push((path, entry)),
+                Ok(path) if !existed || force => listed_dirs.push(dirs::ListedDir { path, entry }),
+                Ok(_) => {}
                 Err(e) => {
                     eprintln!("ferry: {e:#}");
                     tally.failed.fetch_add(1, Ordering::Relaxed);
@@ -90,18 +93,8 @@ pub async fn get(
         });
     }
     while tasks.join_next().await.is_some() {}
-    // Last, once their entries are in place: the directories' times and
-    // permission bits, as the server lists them (a server without directory
-    // metadata lists no time: those are left as made).
-    for (path, entry) in dirs {
-        if entry.mtime.is_none() {
-            continue;
-        }
-        if let Err(e) = set_dir_metadata(&path, entry.mtime, entry.permissions) {
-            eprintln!("ferry: cannot set the time and permissions of {}: {e}", path.display());
-            tally.failed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
+    // Last, once their entries are in place: the directories.
+    dirs::apply(listed_dirs, &tally);
     tally.finish("downloaded", quiet)
 }
 
@@ -149,18 +142,21 @@ async fn get_group(client: &Client, group: Vec<(RemoteFile, PathBuf)>, dest: &Pa
             Ok(results) => results,
             Err(e) => todo.iter().map(|_| Err(Error::Protocol(format!("the stream failed: {e}")))).collect(),
         };
-        let mut retry = Vec::new();
+        let (mut retry, mut asked) = (Vec::new(), None);
         for (target, result) in todo.into_iter().zip(results) {
             match result {
                 Ok(_) => {
                     tally.transferred.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) if e.is_transient() && attempt < GROUP_ATTEMPTS => retry.push(target),
+                Err(e) if e.is_transient() && attempt < GROUP_ATTEMPTS => {
+                    asked = asked.max(e.retry_after());
+                    retry.push(target);
+                }
                 Err(e) => tally.add(&Err(e.into()), &target.remote),
             }
         }
         if !retry.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+            tokio::time::sleep(retry_wait(attempt, [asked])).await;
         }
         todo = retry;
     }

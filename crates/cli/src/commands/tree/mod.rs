@@ -16,6 +16,7 @@
 //! | walking, checks, the tally | `mod.rs` (here) |
 //! | `put -r` | `put.rs` |
 //! | `get -r` | `get.rs` |
+//! | directories' times and permission bits, both ways | `dirs.rs` |
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,7 @@ use anyhow::{Context, bail};
 use ferry_client::{Client, Range, RemoteFile};
 use sha2::Digest as _;
 
+mod dirs;
 mod get;
 mod put;
 
@@ -122,11 +124,8 @@ async fn identical(client: &Client, local: &Path, remote: &RemoteFile) -> bool {
 struct LocalTree {
     /// Regular files: `/`-separated relative path, and local path.
     files: Vec<(String, PathBuf)>,
-    /// Directories with nothing to send inside (kept as empty directories).
-    empty_dirs: Vec<String>,
-    /// Every directory below the top: relative path and local path, parents
-    /// before their children.
-    dirs: Vec<(String, PathBuf)>,
+    /// Every directory below the top, parents before their children.
+    dirs: Vec<dirs::LocalDir>,
     /// Entries that cannot be sent (names that are not UTF-8).
     unsendable: u64,
 }
@@ -155,9 +154,10 @@ fn walk(dir: &Path, rel: &str, tree: &mut LocalTree) -> anyhow::Result<usize> {
         if kind.is_symlink() {
             eprintln!("ferry: skipping {}: symbolic links are not followed", path.display());
         } else if kind.is_dir() {
-            tree.dirs.push((child.clone(), path.clone()));
+            let at = tree.dirs.len();
+            tree.dirs.push(dirs::LocalDir { rel: child.clone(), path: path.clone(), empty: false });
             if walk(&path, &child, tree)? == 0 {
-                tree.empty_dirs.push(child);
+                tree.dirs[at].empty = true;
             }
             sent += 1;
         } else if kind.is_file() {
@@ -215,20 +215,12 @@ fn local_relative(rel: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Gives the local directory `path` a time and permission bits, as a tree
-/// copy's last step (adding an entry changes a directory's time). Never
-/// through a symbolic link. The owner keeps `rwx`, as the server does, so
-/// that the same copy can run again.
-fn set_dir_metadata(path: &Path, mtime: Option<std::time::SystemTime>, permissions: u32) -> std::io::Result<()> {
-    use rustix::fs::{Mode, OFlags};
-    use std::os::unix::fs::PermissionsExt as _;
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let dir = std::fs::File::from(rustix::fs::open(path, flags, Mode::empty())?);
-    dir.set_permissions(std::fs::Permissions::from_mode(permissions & 0o777 | 0o700))?;
-    if let Some(mtime) = mtime {
-        dir.set_modified(mtime)?;
-    }
-    Ok(())
+/// The wait before another attempt after `attempt` failed ones: a growing
+/// step, and never sooner than the server asked (a busy refusal's
+/// `RetryInfo`, capped at 5 s).
+fn retry_wait(attempt: u32, asked: impl IntoIterator<Item = Option<std::time::Duration>>) -> std::time::Duration {
+    let asked = asked.into_iter().flatten().max().unwrap_or_default();
+    (std::time::Duration::from_millis(200) * attempt).max(asked.min(std::time::Duration::from_secs(5)))
 }
 
 /// Creates `dest/rel` directory by directory, refusing to pass through a
@@ -288,7 +280,10 @@ mod tests {
         std::fs::write(dir.path().join("b/c/f"), b"x").unwrap();
         let mut tree = LocalTree::default();
         walk(dir.path(), "", &mut tree).unwrap();
-        assert_eq!(tree.empty_dirs, vec!["a/empty".to_owned()]);
+        let empty: Vec<&str> = tree.dirs.iter().filter(|d| d.empty).map(|d| d.rel.as_str()).collect();
+        assert_eq!(empty, ["a/empty"]);
+        let all: Vec<&str> = tree.dirs.iter().map(|d| d.rel.as_str()).collect();
+        assert_eq!(all, ["a", "a/empty", "b", "b/c"], "every directory, parents first");
         assert_eq!(tree.files.len(), 1);
     }
 

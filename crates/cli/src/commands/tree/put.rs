@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ferry_client::{Client, Code, Error, LocalFile, RemoteFile, RetryPolicy, UploadOptions};
@@ -12,7 +11,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{
-    GROUP_ATTEMPTS, GROUP_BYTES, GROUP_FILES, LocalTree, RESUMABLE_FROM, Tally, groups, identical, join_remote, walk,
+    GROUP_ATTEMPTS, GROUP_BYTES, GROUP_FILES, LocalTree, RESUMABLE_FROM, Tally, dirs, groups, identical, join_remote,
+    retry_wait, walk,
 };
 
 /// One local file to send.
@@ -41,8 +41,9 @@ pub async fn put(
     walk(local, "", &mut tree)?;
     let tally = Arc::new(Tally::default());
     tally.failed.fetch_add(tree.unsendable, Ordering::Relaxed);
-    // One listing tells which files are there already (instead of a stat each).
-    let mut existing = remote_files(&client, prefix).await?;
+    // One listing tells which files (and directories) are there already,
+    // instead of a stat each.
+    let (mut existing, remote_dirs) = remote_entries(&client, prefix).await?;
 
     let (mut small, mut large) = (Vec::new(), Vec::new());
     for (rel, path) in tree.files {
@@ -76,64 +77,38 @@ pub async fn put(
     }
     while tasks.join_next().await.is_some() {}
 
-    // Last, once their entries are in place: every directory's time and
-    // permission bits (this also makes the empty ones).
-    let empty: std::collections::HashSet<String> = tree.empty_dirs.into_iter().collect();
-    let mut keeps_metadata = true;
-    for (dir, path) in tree.dirs {
-        let remote = join_remote(prefix, &dir);
-        if !keeps_metadata {
-            if empty.contains(&dir)
-                && let Err(e) = client.make_directory(&remote).await
-            {
-                eprintln!("ferry: {}: {e:#}", path.display());
-                tally.failed.fetch_add(1, Ordering::Relaxed);
-            }
-            continue;
-        }
-        let (mtime, permissions) = match std::fs::symlink_metadata(&path) {
-            Ok(meta) => (meta.modified().ok(), Some(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()))),
-            Err(e) => {
-                eprintln!("ferry: cannot read {}: {e}", path.display());
-                tally.failed.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-        };
-        match client.make_directory_with(&remote, mtime, permissions).await {
-            Ok(_) => {}
-            // The directory was made; the store has nowhere to keep its metadata.
-            Err(Error::Status(status)) if status.code() == Code::Unimplemented => {
-                keeps_metadata = false;
-                if !quiet {
-                    eprintln!("ferry: note: the server's store keeps no directory times or permissions");
-                }
-            }
-            Err(e) => {
-                eprintln!("ferry: {}: {e:#}", path.display());
-                tally.failed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
+    // Last, once their entries are in place: the directories.
+    dirs::send(&client, prefix, tree.dirs, &remote_dirs, jobs, quiet, &tally).await;
     tally.finish("uploaded", quiet)
 }
 
-/// The files under `prefix` on the server (none if it does not exist).
-async fn remote_files(client: &Client, prefix: &str) -> anyhow::Result<HashMap<String, RemoteFile>> {
+/// The files and the directories under `prefix` on the server, by path
+/// (none if it does not exist).
+async fn remote_entries(client: &Client, prefix: &str) -> anyhow::Result<(Entries, Entries)> {
+    let (mut files, mut dirs) = (HashMap::new(), HashMap::new());
     let mut listing = match client.list(prefix.trim_end_matches('/'), true).await {
         Ok(listing) => listing,
-        Err(Error::Status(status)) if status.code() == Code::NotFound => return Ok(HashMap::new()),
+        Err(Error::Status(status)) if status.code() == Code::NotFound => return Ok((files, dirs)),
         Err(e) => return Err(e).context("cannot list the destination"),
     };
-    let mut files = HashMap::new();
     loop {
         match listing.next_batch().await {
-            Ok(Some(batch)) => files.extend(batch.into_iter().filter(|f| !f.is_dir).map(|f| (f.path.clone(), f))),
-            Ok(None) => return Ok(files),
-            Err(Error::Status(status)) if status.code() == Code::NotFound => return Ok(HashMap::new()),
+            Ok(Some(batch)) => {
+                for entry in batch {
+                    let by_kind = if entry.is_dir { &mut dirs } else { &mut files };
+                    by_kind.insert(entry.path.clone(), entry);
+                }
+            }
+            Ok(None) => return Ok((files, dirs)),
+            Err(Error::Status(status)) if status.code() == Code::NotFound => {
+                return Ok((HashMap::new(), HashMap::new()));
+            }
             Err(e) => return Err(e).context("cannot list the destination"),
         }
     }
 }
+
+type Entries = HashMap<String, RemoteFile>;
 
 /// Whether the server already has exactly this file.
 async fn unchanged(client: &Client, item: &Item) -> bool {
@@ -166,20 +141,23 @@ async fn put_group(client: &Client, group: Vec<Item>, no_clobber: bool, tally: &
             Ok(results) => results,
             Err(e) => todo.iter().map(|_| Err(Error::Protocol(format!("the stream failed: {e}")))).collect(),
         };
-        let mut retry = Vec::new();
+        let (mut retry, mut asked) = (Vec::new(), None);
         for (item, result) in todo.into_iter().zip(results) {
             match result {
                 Ok(_) => {
                     tally.transferred.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) if e.is_transient() && attempt < GROUP_ATTEMPTS => retry.push(item),
+                Err(e) if e.is_transient() && attempt < GROUP_ATTEMPTS => {
+                    asked = asked.max(e.retry_after());
+                    retry.push(item);
+                }
                 Err(e) => tally.add(&Err(e.into()), &item.local.display().to_string()),
             }
         }
         if retry.is_empty() {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+        tokio::time::sleep(retry_wait(attempt, [asked])).await;
         todo = Vec::with_capacity(retry.len());
         for mut item in retry {
             // An answer lost with the stream may still have been stored.
