@@ -1,7 +1,6 @@
 //! How results reach the terminal: progress bars, human and JSON renderings.
 
 use std::io::IsTerminal;
-use std::time::SystemTime;
 
 use ferry_client::RemoteFile;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -27,17 +26,14 @@ pub fn progress_bar(total: Option<u64>, quiet: bool) -> ProgressBar {
     bar
 }
 
-fn rfc3339(time: Option<SystemTime>) -> String {
-    time.map(|t| humantime::format_rfc3339_nanos(t).to_string()).unwrap_or_default()
-}
-
 /// One entry as a JSON object (the shape `--json` documents in the README).
 pub fn json(file: &RemoteFile) -> serde_json::Value {
     serde_json::json!({
         "path": file.path,
         "type": if file.is_dir { "dir" } else { "file" },
         "size": file.size,
-        "mtime": rfc3339(file.mtime),
+        // null where the server keeps no time (directories on S3).
+        "mtime": file.mtime.map(|t| humantime::format_rfc3339_nanos(t).to_string()),
         "permissions": format!("{:04o}", file.permissions),
         "sha256": file.sha256,
     })
@@ -53,7 +49,9 @@ pub fn long_line(file: &RemoteFile) -> String {
         perms.push(if bits & 2 != 0 { 'w' } else { '-' });
         perms.push(if bits & 1 != 0 { 'x' } else { '-' });
     }
-    let mtime = file.mtime.map(|t| humantime::format_rfc3339_seconds(t).to_string()).unwrap_or_default();
+    // A column always, so that fields stay in place for scripts: `-` (padded
+    // to the width of a time) where the server keeps none.
+    let mtime = file.mtime.map_or_else(|| format!("{:<20}", "-"), |t| humantime::format_rfc3339_seconds(t).to_string());
     format!("{kind}{perms} {:>14} {mtime} {}", file.size, display_name(file))
 }
 
@@ -69,7 +67,7 @@ pub fn stat_text(file: &RemoteFile) -> String {
         file.path,
         if file.is_dir { "dir" } else { "file" },
         file.size,
-        rfc3339(file.mtime),
+        file.mtime.map_or_else(|| "-".to_owned(), |t| humantime::format_rfc3339_nanos(t).to_string()),
         file.permissions,
         file.sha256.as_deref().unwrap_or("-"),
     )

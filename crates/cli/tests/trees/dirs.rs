@@ -153,6 +153,21 @@ fn an_s3_server_keeps_no_directory_attributes_and_says_so() {
     assert_eq!(stderr.matches("keeps no directory times or permissions").count(), 1, "one note: {stderr}");
     assert!(stderr.contains("4 uploaded, 0 skipped (identical), 0 failed"), "{stderr}");
 
+    // Listed without a time: null in JSON, `-` in the long format (a column all the same).
+    let listed = env.ferry(&["ls", "--json", "tree"]);
+    assert_success(&listed, "ls --json");
+    let private: serde_json::Value = text(&listed.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .find(|entry: &serde_json::Value| entry["path"] == "tree/private")
+        .expect("tree/private is listed");
+    assert!(private["mtime"].is_null(), "{private}");
+    let long = env.ferry(&["ls", "-l", "tree"]);
+    let line = text(&long.stdout).lines().find(|l| l.ends_with("tree/private/")).map(str::to_owned);
+    let fields: Vec<String> = line.expect("ls -l lists tree/private").split_whitespace().map(str::to_owned).collect();
+    assert_eq!(fields.len(), 4, "kind+bits, size, time, name: {fields:?}");
+    assert_eq!(fields[2], "-", "{fields:?}");
+
     let dst = env.dir.path().join("dst");
     let started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
     assert_success(&env.ferry(&["get", "-r", "tree", utf8(&dst)]), "get -r from S3");
