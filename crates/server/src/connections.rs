@@ -7,7 +7,8 @@
 //! few of them at a time ([`REFUSING`]) are handed to a second, minimal
 //! HTTP/2 server (`serve_refusals`) that answers every call with UNAVAILABLE
 //! "at its connection limit", which every gRPC client treats as retryable,
-//! and closes the connection soon after. Beyond those few, a connection is
+//! and cuts the connection within about two seconds (its age plus grace,
+//! which also bounds a stalled TLS handshake there). Beyond those few, a connection is
 //! closed at once as before: refusing must stay cheaper than serving.
 //! Each connection holds its slot until it closes, TLS handshake included
 //! (which has its own deadline).
@@ -31,7 +32,8 @@ use crate::metrics::{ConnectionGauge, Metrics};
 /// Connections past the limit that are answered (UNAVAILABLE) at once; more
 /// are closed unanswered.
 pub(crate) const REFUSING: usize = 64;
-/// How long a refused connection stays open for its answers.
+/// How long a refused connection stays open for its answers (then as long
+/// again for the calls in flight, before it is cut).
 const REFUSED_FOR: Duration = Duration::from_secs(1);
 
 /// The listener's connections, at most `limit` open at once; and the ones

@@ -33,13 +33,19 @@ impl Bucket {
         if level >= amount || allow_debt {
             let left = level - amount;
             *state = (left, now);
-            let wait = if left < 0.0 { Duration::from_secs_f64(-left / self.rate) } else { Duration::ZERO };
+            let wait = if left < 0.0 { seconds(-left / self.rate) } else { Duration::ZERO };
             Ok(wait)
         } else {
             *state = (level, now);
-            Err(Duration::from_secs_f64((amount - level) / self.rate))
+            Err(seconds((amount - level) / self.rate))
         }
     }
+}
+
+/// A wait in seconds; saturating where a tiny configured rate makes it
+/// longer than a `Duration` holds.
+fn seconds(seconds: f64) -> Duration {
+    Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)
 }
 
 /// Calls per second, with bursts of up to one second's worth.

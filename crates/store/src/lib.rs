@@ -276,9 +276,11 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// Sets the existing directory `path`'s modification time and permission
     /// bits (`mode & 0o777`), those given, and returns its metadata. The
     /// store's own user keeps `rwx` (0o700), so that it can go on serving
-    /// the directory. [`Error::NotFound`] if there is none, [`Error::NotADirectory`]
-    /// for a file; backends without directory metadata answer
-    /// [`Error::Unsupported`].
+    /// the directory. Not synced: the attributes reach the disk with the
+    /// filesystem's next commit (a tree copy sets them for every directory,
+    /// and an fsync each would cost more than the copy's files).
+    /// [`Error::NotFound`] if no directory is there (nothing, or a file);
+    /// backends without directory metadata answer [`Error::Unsupported`].
     async fn set_dir_metadata(
         &self,
         path: &StorePath,

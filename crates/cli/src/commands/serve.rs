@@ -80,12 +80,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// before reaching its own limits, and fail accepts with EMFILE.
 fn raise_open_file_limit(max_connections: usize) {
     use rustix::process::{Resource, getrlimit, setrlimit};
+    // An unlimited hard limit cannot be the soft one (Linux caps descriptors
+    // at fs.nr_open, 2^20 by default): aim for that cap instead.
+    const UNLIMITED_TARGET: u64 = 1 << 20;
     let limit = getrlimit(Resource::Nofile);
     let raised = match (limit.current, limit.maximum) {
-        (Some(current), maximum) if maximum.is_none_or(|maximum| maximum > current) => {
-            let wanted = rustix::process::Rlimit { current: maximum, maximum };
+        (Some(current), maximum) if maximum.unwrap_or(UNLIMITED_TARGET) > current => {
+            let target = Some(maximum.unwrap_or(UNLIMITED_TARGET));
+            let wanted = rustix::process::Rlimit { current: target, maximum };
             match setrlimit(Resource::Nofile, wanted) {
-                Ok(()) => maximum,
+                Ok(()) => target,
                 Err(error) => {
                     tracing::warn!(%error, "could not raise the open-file limit");
                     Some(current)
