@@ -10,8 +10,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{
-    GROUP_ATTEMPTS, GROUP_BYTES, GROUP_FILES, RESUMABLE_FROM, Tally, groups, identical, local_relative,
-    dirs, retry_wait, safe_create_dirs,
+    GROUP_ATTEMPTS, GROUP_BYTES, GROUP_FILES, RESUMABLE_FROM, Tally, dirs, groups, identical, local_relative,
+    retry_wait, safe_create_dirs,
 };
 
 /// `ferry get -r REMOTE_PREFIX LOCAL_DIR`.
