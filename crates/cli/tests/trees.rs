@@ -23,6 +23,8 @@ use support::{MIB, Server, random_bytes, sha256_hex};
 
 #[path = "trees/dirs.rs"]
 mod dirs;
+#[path = "trees/resume.rs"]
+mod resume;
 
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
@@ -67,6 +69,14 @@ impl Env {
 
     /// `ferry --server URL ARGS…`, with nothing from the caller's environment.
     fn ferry(&self, args: &[&str]) -> Output {
+        let mut command = self.command(args);
+        let what = format!("{command:?}");
+        let child = command.spawn().unwrap_or_else(|e| panic!("cannot spawn {what}: {e}"));
+        wait_output(child, &what)
+    }
+
+    /// The command [`Env::ferry`] runs, to spawn and handle by hand.
+    fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(FERRY);
         for var in [
             "FERRY_SERVER",
@@ -90,9 +100,7 @@ impl Env {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let what = format!("{command:?}");
-        let child = command.spawn().unwrap_or_else(|e| panic!("cannot spawn {what}: {e}"));
-        wait_output(child, &what)
+        command
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Context, bail};
-use ferry_client::{Client, DownloadTarget, Error, Range, RemoteFile};
+use ferry_client::{Client, DownloadTarget, Error, RemoteFile, RetryPolicy};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -89,7 +89,7 @@ pub async fn get(
         let (client, tally, slots, local) = (client.clone(), tally.clone(), slots.clone(), local.to_owned());
         tasks.spawn(async move {
             let Ok(_slot) = slots.acquire_owned().await else { return };
-            tally.add(&get_one(&client, &entry, &local, &rel, force).await, &entry.path);
+            tally.add(&get_one(&client, &entry, &local, &rel, force, quiet).await, &entry.path);
         });
     }
     while tasks.join_next().await.is_some() {}
@@ -162,9 +162,25 @@ async fn get_group(client: &Client, group: Vec<(RemoteFile, PathBuf)>, dest: &Pa
     }
 }
 
-/// Downloads one large file unless an identical one is there; whether it did.
-async fn get_one(client: &Client, entry: &RemoteFile, dest: &Path, rel: &Path, force: bool) -> anyhow::Result<bool> {
+/// Downloads one large file unless an identical one is there; whether it
+/// did. Resumable as `ferry get` is: the bytes go to a `.NAME.*.ferry-part`
+/// beside the target, transient failures are retried from its length, and
+/// a re-run of an interrupted `get -r` continues it instead of starting over.
+async fn get_one(
+    client: &Client,
+    entry: &RemoteFile,
+    dest: &Path,
+    rel: &Path,
+    force: bool,
+    quiet: bool,
+) -> anyhow::Result<bool> {
     let Some(target) = target_for(client, entry, dest, rel, force).await? else { return Ok(false) };
-    client.download_file(&entry.path, Range::ALL, &target, force, |_| {}).await?;
+    let on_resume = |at: u64| {
+        if !quiet {
+            eprintln!("resuming {} at byte {at}", entry.path);
+        }
+    };
+    let policy = RetryPolicy::default();
+    client.download_file_resumable(&entry.path, &target, force, &policy, on_resume, |_| {}).await?;
     Ok(true)
 }
