@@ -15,7 +15,8 @@ pub async fn run(server: &crate::cli::ConnectionArgs, args: PutArgs) -> anyhow::
         let client = connect(server, args.transfer.chunk_size).await?;
         let prefix = args.remote.clone().unwrap_or_default();
         let jobs = usize::from(args.jobs);
-        let tree = super::tree::put(client, &args.local, &prefix, jobs, args.no_clobber, args.transfer.quiet);
+        let tree =
+            super::tree::put(client, &server.server, &args.local, &prefix, jobs, args.no_clobber, args.transfer.quiet);
         return super::interruptible_anyhow(tree).await;
     }
     let from_stdin = args.local == Path::new("-");

@@ -5,7 +5,8 @@
 //! Small files travel many to a stream (`UploadFiles` / `DownloadFiles`),
 //! in groups spread over `-j` streams at once; files of
 //! [`RESUMABLE_FROM`] bytes and more get a stream each, resumable both ways
-//! (a session on upload, a `.NAME.*.ferry-part` beside the target on download).
+//! (a remembered session on upload, a `.NAME.*.ferry-part` beside the target on
+//! download), so a re-run of an interrupted tree continues them.
 //! Empty directories are made on the far side too.
 //!
 //! On download the CLI is the extractor: every path the server names is

@@ -10,6 +10,8 @@ use ferry_client::{Client, Code, Error, LocalFile, RemoteFile, RetryPolicy, Uplo
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::sessions::Remembered;
+
 use super::{
     GROUP_ATTEMPTS, GROUP_BYTES, GROUP_FILES, LocalTree, RESUMABLE_FROM, Tally, dirs, groups, identical, join_remote,
     retry_wait, walk,
@@ -25,9 +27,11 @@ struct Item {
     existing: Option<RemoteFile>,
 }
 
-/// `ferry put -r LOCAL_DIR REMOTE_PREFIX`.
+/// `ferry put -r LOCAL_DIR REMOTE_PREFIX`. `server` (as the user gave it)
+/// keys the remembered sessions of large files.
 pub async fn put(
     client: Client,
+    server: &str,
     local: &Path,
     prefix: &str,
     jobs: usize,
@@ -69,10 +73,10 @@ pub async fn put(
         });
     }
     for item in large {
-        let (client, tally, slots) = (client.clone(), tally.clone(), slots.clone());
+        let (client, tally, slots, server) = (client.clone(), tally.clone(), slots.clone(), server.to_owned());
         tasks.spawn(async move {
             let Ok(_slot) = slots.acquire_owned().await else { return };
-            tally.add(&put_large(&client, &item, no_clobber).await, &item.local.display().to_string());
+            tally.add(&put_large(&client, &server, &item, no_clobber, quiet).await, &item.local.display().to_string());
         });
     }
     while tasks.join_next().await.is_some() {}
@@ -172,23 +176,52 @@ async fn put_group(client: &Client, group: Vec<Item>, no_clobber: bool, tally: &
 }
 
 /// Sends one large file through a resumable session, unless the server has
-/// it already; whether it sent it.
-async fn put_large(client: &Client, item: &Item, no_clobber: bool) -> anyhow::Result<bool> {
+/// it already; whether it sent it. The session is remembered as `ferry put`
+/// remembers its own, so a re-run of an interrupted `put -r` continues it.
+async fn put_large(client: &Client, server: &str, item: &Item, no_clobber: bool, quiet: bool) -> anyhow::Result<bool> {
     if unchanged(client, item).await {
         return Ok(false);
     }
-    let meta = std::fs::metadata(&item.local).with_context(|| format!("cannot read {}", item.local.display()))?;
-    let mut options = UploadOptions {
-        size: Some(meta.len()),
-        mtime: meta.modified().ok(),
-        create_only: no_clobber,
-        ..UploadOptions::default()
+    let remembered = Remembered::for_upload(server, &item.remote, &item.local)?;
+    let resumed = match remembered.load() {
+        Some(id) => match client.query_upload(&id).await {
+            Ok(state) if state.path == item.remote && state.ranges.is_none() => {
+                if !quiet {
+                    eprintln!("resuming {} at byte {}", item.local.display(), state.committed);
+                }
+                Some(id)
+            }
+            _ => None,
+        },
+        None => None,
     };
-    {
-        use std::os::unix::fs::PermissionsExt;
-        options.permissions = Some(meta.permissions().mode() & 0o777);
+    let id = match resumed {
+        Some(id) => id,
+        None => {
+            let meta =
+                std::fs::metadata(&item.local).with_context(|| format!("cannot read {}", item.local.display()))?;
+            let mut options = UploadOptions {
+                size: Some(meta.len()),
+                mtime: meta.modified().ok(),
+                create_only: no_clobber,
+                ..UploadOptions::default()
+            };
+            {
+                use std::os::unix::fs::PermissionsExt;
+                options.permissions = Some(meta.permissions().mode() & 0o777);
+            }
+            let id = client.create_upload(&item.remote, &options).await?;
+            remembered.save(&id);
+            id
+        }
+    };
+    let result = client.upload_file_resumable(&item.local, &id, &RetryPolicy::default(), |_| {}).await;
+    match &result {
+        Ok(_) => remembered.forget(),
+        // The session is gone (finished, expired or refused): nothing to resume.
+        Err(e) if e.code() == Some(Code::NotFound) => remembered.forget(),
+        Err(_) => {}
     }
-    let id = client.create_upload(&item.remote, &options).await?;
-    client.upload_file_resumable(&item.local, &id, &RetryPolicy::default(), |_| {}).await?;
+    result?;
     Ok(true)
 }
