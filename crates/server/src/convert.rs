@@ -17,10 +17,7 @@ pub(crate) fn file_info(meta: &Metadata) -> FileInfo {
         size: meta.size,
         // A directory without a time (on S3) is sent without one, so that a
         // tree copy does not date it to 1970.
-        mtime: match meta.kind == EntryKind::Directory && meta.mtime == SystemTime::UNIX_EPOCH {
-            true => None,
-            false => Some(meta.mtime.into()),
-        },
+        mtime: meta.mtime.map(Into::into),
         permissions: meta.permissions,
         sha256: meta.sha256.map(|d| d.to_hex()).unwrap_or_default(),
     }

@@ -47,9 +47,9 @@ pub struct Metadata {
     pub kind: EntryKind,
     /// Bytes; 0 for directories.
     pub size: u64,
-    /// [`SystemTime::UNIX_EPOCH`] for a directory of a store that keeps no
+    /// `None` where the store keeps no time: directories of a store without
     /// directory metadata (S3: directories there are key prefixes).
-    pub mtime: SystemTime,
+    pub mtime: Option<SystemTime>,
     /// Permission bits (mode & 0o777).
     pub permissions: u32,
     /// The file's SHA-256 when known without reading the file.

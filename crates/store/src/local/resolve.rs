@@ -125,7 +125,7 @@ pub(super) fn metadata(path: StorePath, kind: EntryKind, st: &Stat, sha256: Opti
         path,
         kind,
         size: if kind == EntryKind::File { st.st_size.max(0) as u64 } else { 0 },
-        mtime: mtime_of(st),
+        mtime: Some(mtime_of(st)),
         permissions: st.st_mode & 0o777,
         sha256,
     }

@@ -235,7 +235,7 @@ impl Inner {
             path: path.clone(),
             kind: EntryKind::File,
             size: object.size,
-            mtime,
+            mtime: Some(mtime),
             permissions: record.as_ref().map_or(0o644, |r| r.permissions),
             sha256: record.and_then(|r| Sha256::from_hex(&r.sha256).ok()),
         }
@@ -253,14 +253,7 @@ impl Inner {
     }
 
     fn directory(path: StorePath) -> Metadata {
-        Metadata {
-            path,
-            kind: EntryKind::Directory,
-            size: 0,
-            mtime: SystemTime::UNIX_EPOCH,
-            permissions: 0o755,
-            sha256: None,
-        }
+        Metadata { path, kind: EntryKind::Directory, size: 0, mtime: None, permissions: 0o755, sha256: None }
     }
 
     /// Whether any object lives under `path/`, or `path` was made as an

@@ -277,7 +277,7 @@ pub(crate) async fn ranged_target_in_the_way(fixture: &Fixture) {
         .unwrap_or_else(|e| panic!("committing again once the file in the way is gone: {e}"));
     assert_eq!(
         (meta.size, meta.sha256, meta.mtime, meta.permissions),
-        (size, Some(Sha256::of(&mine)), mtime, 0o444),
+        (size, Some(Sha256::of(&mine)), Some(mtime), 0o444),
         "the commit again's metadata"
     );
     assert!(content(store.as_ref(), "co/retried").await == mine, "the bytes committed again");
@@ -353,7 +353,7 @@ pub(crate) async fn ranged_recovery(fixture: &Fixture) {
     let meta = within("commit_ranged", store.commit_ranged(&id, Some(digest))).await.unwrap();
     assert_eq!(
         (meta.size, meta.sha256, meta.mtime, meta.permissions),
-        (size, Some(digest), mtime, 0o600),
+        (size, Some(digest), Some(mtime), 0o600),
         "the recovered upload's commit"
     );
     assert!(content(store.as_ref(), raw).await == bytes[..], "the recovered upload's bytes");
