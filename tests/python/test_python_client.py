@@ -426,6 +426,35 @@ def test_a_busy_refusal_is_retried_as_told_and_a_final_one_is_not(tmp_path):
         server.stop()
 
 
+def test_a_download_refused_as_busy_is_retried_once_a_slot_frees(tmp_path):
+    server = ServerProcess(tmp_path / "root", "--max-concurrent-downloads", "1")
+    try:
+        with Client(server.address) as client:
+            big = write_random(tmp_path / "big.bin", 32 * MiB)  # more than the HTTP/2 windows
+            client.upload(big, "big.bin")
+            # Hold the only download slot: opened, its info read, the rest left unread.
+            held = client._stub.Download(ferry_client._proto.DownloadRequest(path="big.bin"))
+            assert next(held).WhichOneof("kind") == "info"
+            result = {}
+
+            def fetch():
+                try:
+                    result["info"] = client.download("big.bin", tmp_path / "copy.bin")
+                except Exception as e:  # reported below
+                    result["error"] = e
+
+            fetching = threading.Thread(target=fetch)
+            fetching.start()
+            time.sleep(1.0)
+            held.cancel()
+            fetching.join(timeout=60)
+            assert "error" not in result, result.get("error")
+            assert result["info"].size == 32 * MiB
+            assert sha256_of(tmp_path / "copy.bin") == sha256_of(big)
+    finally:
+        server.stop()
+
+
 # -- credentials and TLS ----------------------------------------------------------
 
 

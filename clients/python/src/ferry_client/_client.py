@@ -239,10 +239,9 @@ class Client:
         request = pb.DownloadRequest(path=remote_path, offset=offset)
         if length is not None:
             request.length = length
-        call = self._stub.Download(request, metadata=self._metadata)
+        call, first = self._open_download(request)
         temp: Optional[str] = None
         try:
-            first = next(call, None)  # errors such as NOT_FOUND arrive here, before any local file exists
             if first is None or first.WhichOneof("kind") != "info":
                 raise FerryError("download: the server did not start with the file's info")
             info = FileInfo._from_proto(first.info)
@@ -287,6 +286,25 @@ class Client:
             call.cancel()
             if temp is not None:
                 _remove_quietly(temp)
+
+    def _open_download(self, request: Any) -> Tuple[Any, Any]:
+        """Starts a download and returns the call with its first message.
+        Failures before any byte arrives are retried as a resumable upload's
+        are (a busy server as it asks, transient failures with backoff),
+        since nothing has been written yet; others raise `FerryError`."""
+        failures = 0
+        while True:
+            call = self._stub.Download(request, metadata=self._metadata)
+            try:
+                # Errors such as NOT_FOUND arrive here, before any local file exists.
+                return call, next(call, None)
+            except grpc.RpcError as e:
+                call.cancel()
+                failures += 1
+                if not _is_transient(e) or failures >= self.max_attempts_without_progress:
+                    raise from_rpc_error(e) from e
+                wait = _backoff(self.initial_backoff, self.max_backoff, failures)
+                time.sleep(max(wait, min(_retry_after(e) or 0.0, self.max_backoff)))
 
     # -- upload --------------------------------------------------------------
 
