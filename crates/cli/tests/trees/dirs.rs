@@ -124,6 +124,26 @@ fn get_r_changes_an_existing_directory_only_with_force() {
     unseal(&dst);
 }
 
+/// A file replaced on the server changes its directory's time there; the
+/// run that replaced it sets the directory's time again, although the
+/// local directory (and so the listing before the run) did not change.
+#[test]
+fn replacing_a_file_does_not_leave_its_directory_with_the_wrong_time() {
+    let env = Env::start();
+    let src = env.local("src");
+    build(&src);
+    assert_success(&env.ferry(&["put", "-r", utf8(&src), "tree"]), "put -r");
+    // New content in the same file; the directory's own time put back as it was.
+    fs::write(src.join("shared/c.txt"), b"changed").unwrap();
+    set(&src.join("shared"), 0o755, 1_200_000_000);
+    let again = env.ferry(&["put", "-r", utf8(&src), "tree"]);
+    assert_success(&again, "put -r after a change");
+    assert!(text(&again.stderr).contains("1 uploaded"), "{}", text(&again.stderr));
+    assert_eq!(fs::read(env.root.join("tree/shared/c.txt")).unwrap(), b"changed");
+    assert_dirs(&env.root.join("tree"), "on the server after replacing a file");
+    unseal(&src);
+}
+
 /// A directory changed after a copy is put right by the next one.
 #[test]
 fn a_second_put_r_brings_changed_directory_attributes_across() {

@@ -3,8 +3,9 @@
 //! entry is in place).
 //!
 //! - `put -r`: first the empty directories the server lacks are made; then
-//!   every directory whose time or bits differ from what the server listed
-//!   gets one `MakeDirectory` with them, `-j` at a time. Nothing is created
+//!   every directory gets one `MakeDirectory` with its time and bits, `-j`
+//!   at a time; on a run that stored nothing, only those whose listed time
+//!   or bits differ. Nothing is created
 //!   in that second phase, so no directory's time is disturbed after it was
 //!   set. A server that keeps no directory metadata (S3) says so once.
 //! - `get -r`: the listed time and bits are set on the directories this run
@@ -44,14 +45,21 @@ pub(super) async fn send(
     quiet: bool,
     tally: &Tally,
 ) {
+    let mut made = false;
     for dir in dirs.iter().filter(|dir| dir.empty) {
         let path = join_remote(prefix, &dir.rel);
-        if !remote.contains_key(&path)
-            && let Err(e) = with_retries(|| client.make_directory(&path)).await
-        {
+        if remote.contains_key(&path) {
+            continue;
+        }
+        made = true;
+        if let Err(e) = with_retries(|| client.make_directory(&path)).await {
             tally.add(&Err(e.into()), &dir.path.display().to_string());
         }
     }
+    // The listing predates this run: any file stored or directory made since
+    // changed some directory's time on the server, so then every directory is
+    // sent. Only a run that changed nothing trusts the listing.
+    let listing_holds = !made && tally.transferred.load(Ordering::Relaxed) == 0;
 
     let slots = Arc::new(Semaphore::new(jobs.max(1)));
     let unsupported = Arc::new(AtomicBool::new(false));
@@ -67,7 +75,7 @@ pub(super) async fn send(
         let path = join_remote(prefix, &dir.rel);
         // What the server would report after setting them (it keeps owner rwx).
         let same = |there: &RemoteFile| there.mtime == mtime && there.permissions == permissions | 0o700;
-        if remote.get(&path).is_some_and(same) {
+        if listing_holds && remote.get(&path).is_some_and(same) {
             continue;
         }
         let (client, slots, unsupported) = (client.clone(), slots.clone(), unsupported.clone());
