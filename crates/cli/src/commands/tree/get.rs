@@ -61,7 +61,7 @@ pub async fn get(
             // come first, so one found here was there before this run: its
             // time and bits are changed only with -f.
             let existed = std::fs::symlink_metadata(local.join(&rel)).is_ok();
-            match safe_create_dirs(local, &rel) {
+            match safe_create_dirs(local, &rel, Some(entry.permissions)) {
                 Ok(path) if !existed || force => listed_dirs.push(dirs::ListedDir { path, entry }),
                 Ok(_) => {}
                 Err(e) => {
@@ -108,7 +108,7 @@ async fn target_for(
     force: bool,
 ) -> anyhow::Result<Option<PathBuf>> {
     let parent = match rel.parent() {
-        Some(parent) if parent != Path::new("") => safe_create_dirs(dest, parent)?,
+        Some(parent) if parent != Path::new("") => safe_create_dirs(dest, parent, None)?,
         _ => dest.to_owned(),
     };
     let target = parent.join(rel.file_name().context("a file name")?);

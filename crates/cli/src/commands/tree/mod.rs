@@ -227,17 +227,26 @@ fn retry_wait(attempt: u32, asked: impl IntoIterator<Item = Option<std::time::Du
 
 /// Creates `dest/rel` directory by directory, refusing to pass through a
 /// symbolic link (or a file) at any level.
-fn safe_create_dirs(dest: &Path, rel: &Path) -> anyhow::Result<PathBuf> {
+/// `last_mode`, if given, is the mode the last directory is made with (the
+/// umask applies), so that a directory listed as private is never looser,
+/// not even before the copy's last step sets its bits exactly.
+fn safe_create_dirs(dest: &Path, rel: &Path, last_mode: Option<u32>) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
     let mut at = dest.to_owned();
-    for component in rel.components() {
+    let last = rel.components().count();
+    for (depth, component) in rel.components().enumerate() {
         at.push(component);
+        let mut builder = std::fs::DirBuilder::new();
+        if let Some(mode) = last_mode.filter(|_| depth + 1 == last) {
+            builder.mode(mode & 0o777 | 0o700);
+        }
         match std::fs::symlink_metadata(&at) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 bail!("{} is a symbolic link: not writing through it", at.display())
             }
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => bail!("{} exists and is not a directory", at.display()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(&at) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match builder.create(&at) {
                 Ok(()) => {}
                 // Another task made it meanwhile: check what is there now.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -294,8 +303,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("sub")).unwrap();
-        assert!(safe_create_dirs(dir.path(), Path::new("sub/deeper")).is_err());
+        assert!(safe_create_dirs(dir.path(), Path::new("sub/deeper"), None).is_err());
         assert!(!outside.path().join("deeper").exists());
-        assert!(safe_create_dirs(dir.path(), Path::new("ok/deeper")).unwrap().is_dir());
+        assert!(safe_create_dirs(dir.path(), Path::new("ok/deeper"), None).unwrap().is_dir());
+        // A private directory is made private, whatever the umask allows.
+        use std::os::unix::fs::PermissionsExt as _;
+        let private = safe_create_dirs(dir.path(), Path::new("ok/private"), Some(0o700)).unwrap();
+        assert_eq!(std::fs::metadata(private).unwrap().permissions().mode() & 0o777, 0o700);
     }
 }
